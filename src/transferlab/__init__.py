@@ -1,0 +1,26 @@
+"""transferlab: transfer learning on small image data sets, from one command or one class."""
+
+__version__ = "0.1.0"
+
+# Names resolve on first use, so `transferlab --help` and `import transferlab` do not pay for
+# importing torch, timm and scikit-learn (several seconds) before they are needed.
+_EXPORTS = {
+    "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.sources",
+    "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
+    "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'transferlab' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,1 @@
+"""Data: where images come from, how they are split, decoded and cached."""

@@ -1,0 +1,245 @@
+"""Where labelled images come from: an image folder, a CSV of path,label, or the digits demo set.
+
+A source yields images (files or in-memory pixels), their labels, the class names and, when the
+data arrives already split (train/ val/ test/ folders, a CSV split column), each image's split.
+Nothing here decodes pixels; that is `decode.py`'s job.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TransferlabError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+# Folder names people use for splits, mapped to ours.
+SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+SPLITS = ("train", "val", "test")
+DEMO_SETS = ("digits",)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image: a file path or pixels in memory, with a key that changes when the image does."""
+
+    source: str | np.ndarray = field(compare=False)
+    key: str
+    name: str
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ImageRef":
+        path = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+            identity = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            identity = "missing"  # reported by the decoder, by name, when it tries to read it
+        return cls(source=path, key=f"file:{path}:{identity}", name=path)
+
+    @classmethod
+    def from_array(cls, pixels: np.ndarray, name: str) -> "ImageRef":
+        digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+        digest = hashlib.sha1(f"{pixels.shape}{pixels.dtype}{digest}".encode()).hexdigest()
+        return cls(source=pixels, key=f"array:{digest}", name=name)
+
+
+@dataclass
+class ImageSet:
+    """Labelled images and the class names their integer labels index."""
+
+    images: list[ImageRef]
+    labels: np.ndarray
+    classes: list[str]
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices) -> "ImageSet":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet([self.images[i] for i in indices], self.labels[indices], self.classes, self.name)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts)}
+
+
+@dataclass
+class Source:
+    """Everything a data source yields; `splits[i]` is None where the data says nothing."""
+
+    images: ImageSet
+    splits: list[str | None]
+    root: str
+    ignored: list[str] = field(default_factory=list)  # files skipped for their extension
+
+    @property
+    def given_splits(self) -> set[str]:
+        return {s for s in self.splits if s is not None}
+
+
+def load_source(data: str | os.PathLike) -> Source:
+    """Read a folder, a .csv file or a demo set name into a Source, with one-line errors."""
+    text = str(data)
+    if text in DEMO_SETS:
+        return _digits()
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise TransferlabError(
+            f"data '{text}' does not exist: pass a folder with one sub-folder per class, "
+            f"a .csv file of path,label, or one of the demo sets: {', '.join(DEMO_SETS)}")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise TransferlabError(
+                f"data '{text}' is a file but not a .csv: pass a folder with one sub-folder per "
+                "class, or a .csv file with rows of path,label")
+        source = _csv(path)
+    else:
+        source = _folder(path)
+    _check_classes(source)
+    return source
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name.startswith("__")
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _scan_class_folder(folder: Path, ignored: list[str]) -> list[Path]:
+    found = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop, or a link to a folder already scanned
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for fname in sorted(filenames):
+            if _is_hidden(fname):
+                continue
+            full = Path(dirpath) / fname
+            (found if full.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(full)
+    return found
+
+
+def _folder(root: Path) -> Source:
+    subdirs = _subdirs(root)
+    split_dirs: dict[str, Path] = {}
+    for d in subdirs:
+        split = SPLIT_FOLDERS.get(d.name.lower())
+        if split in split_dirs:
+            raise TransferlabError(
+                f"'{root}' has two {split} folders, {split_dirs[split].name}/ and {d.name}/: "
+                "merge them into one")
+        if split:
+            split_dirs[split] = d
+    if split_dirs:
+        stray = [d.name for d in subdirs if d.name.lower() not in SPLIT_FOLDERS
+                 and _scan_class_folder(d, [])]
+        if stray:
+            raise TransferlabError(
+                f"'{root}' mixes split folders ({', '.join(d.name for d in split_dirs.values())}) "
+                f"with image folders beside them ({', '.join(stray[:3])}): move those under train/")
+    if split_dirs and "train" not in split_dirs:
+        raise TransferlabError(
+            f"'{root}' has split folders ({', '.join(d.name for d in split_dirs.values())}) but no "
+            "train/ folder: add train/ with one sub-folder per class")
+    layout = split_dirs if split_dirs else {None: root}
+    ignored: list[str] = []
+    per_split: dict[str | None, dict[str, list[Path]]] = {}
+    for split, folder in layout.items():
+        per_split[split] = {d.name: _scan_class_folder(d, ignored) for d in _subdirs(folder)}
+    classes = sorted({c for by_class in per_split.values() for c, files in by_class.items() if files})
+    index = {c: i for i, c in enumerate(classes)}
+    images, labels, splits = [], [], []
+    for split, by_class in per_split.items():
+        for cls, files in by_class.items():
+            for f in files:
+                images.append(ImageRef.from_file(f))
+                labels.append(index[cls])
+                splits.append(split)
+    if not images:
+        where = "in the class sub-folders of " if any(per_split.values()) else "under "
+        raise TransferlabError(
+            f"no images found {where}'{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}): "
+            "put each class's images in its own sub-folder, e.g. data/cats/1.jpg, data/dogs/2.jpg")
+    return Source(ImageSet(images, np.array(labels), classes, root.name), splits, str(root),
+                  [str(p) for p in ignored])
+
+
+def _csv(path: Path) -> Source:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        rows = [(reader.line_num, r) for r in reader if r and any(cell.strip() for cell in r)]
+    if not rows:
+        raise TransferlabError(f"'{path}' is empty: write one row per image as path,label")
+    header = [c.strip().lower() for c in rows[0][1]]
+    if "path" in header and "label" in header:
+        cols = {name: header.index(name) for name in ("path", "label", "split") if name in header}
+        rows = rows[1:]
+    else:
+        cols = {"path": 0, "label": 1}
+    base = path.parent
+    entries = []
+    for lineno, row in rows:
+        if len(row) <= max(cols.values()):
+            raise TransferlabError(
+                f"'{path}' line {lineno} has {len(row)} column(s), expected path,label"
+                + (",split" if "split" in cols else "") + ": fix or remove that line")
+        label = row[cols["label"]].strip()
+        if not label:
+            raise TransferlabError(f"'{path}' line {lineno} has an empty label: fill it in or remove the line")
+        split = row[cols["split"]].strip().lower() if "split" in cols else ""
+        if split and split not in SPLIT_FOLDERS:
+            raise TransferlabError(
+                f"'{path}' line {lineno}: split '{split}' is not one of train, val, test "
+                "(or empty for no split)")
+        p = Path(row[cols["path"]].strip()).expanduser()
+        entries.append((p if p.is_absolute() else base / p, label, SPLIT_FOLDERS[split] if split else None))
+    classes = sorted({label for _, label, _ in entries})
+    index = {c: i for i, c in enumerate(classes)}
+    images = [ImageRef.from_file(p) for p, _, _ in entries]
+    labels = np.array([index[label] for _, label, _ in entries])
+    if "split" in cols and not any(s in ("train", None) for _, _, s in entries):
+        raise TransferlabError(
+            f"'{path}' has a split column but no row with split 'train': mark the training rows "
+            "with split train, or drop the split column")
+    return Source(ImageSet(images, labels, classes, path.stem), [s for _, _, s in entries], str(path))
+
+
+def _digits() -> Source:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 0..16 ink levels -> dark ink on white paper, the way a photographed digit looks.
+    pixels = (255 - np.round(bunch.images * (255 / 16))).astype(np.uint8)
+    images = [ImageRef.from_array(p, f"digits[{i}]") for i, p in enumerate(pixels)]
+    classes = [str(c) for c in bunch.target_names]
+    return Source(ImageSet(images, bunch.target, classes, "digits"), [None] * len(images), "digits")
+
+
+def _check_classes(source: Source) -> None:
+    images = source.images
+    if len(images.classes) < 2:
+        only = f" ('{images.classes[0]}')" if images.classes else ""
+        raise TransferlabError(
+            f"found only {len(images.classes)} class{only} in '{source.root}': a classifier needs "
+            "at least 2 classes, one sub-folder (or CSV label) per class")

@@ -1,0 +1,112 @@
+"""Train/val/test splits: the data's own where it has them, a stratified seeded cut where it has not.
+
+One rule keeps scores honest: val is used for choices (regularisation, early stopping), test only
+for the reported score. So when the data brings train/ and val/ but no test/, its val/ is held out
+as the test split and a validation split is cut from train/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TransferlabError
+from .sources import ImageSet, Source
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet | None
+    origins: dict[str, str] = field(default_factory=dict)  # split -> where its images came from
+
+    @property
+    def score_split(self) -> str:
+        """The split whose numbers are the run's headline: test, unless there is none."""
+        return "test" if self.test is not None else "val"
+
+    def items(self) -> list[tuple[str, ImageSet]]:
+        return [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test))
+                if s is not None]
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {len(s)} ({self.origins.get(name, '')})" for name, s in self.items())
+
+
+def split_source(source: Source, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 seed: int = 0) -> Splits:
+    for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise TransferlabError(f"{option} {value} is outside [0, 1): give a fraction such as 0.15")
+    if val_fraction + test_fraction >= 1:
+        raise TransferlabError(
+            f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no training "
+            "images: make their sum well below 1")
+    images = source.images
+    given = np.array([s or "train" for s in source.splits])
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(given == "train")
+    val_idx = np.flatnonzero(given == "val")
+    test_idx = np.flatnonzero(given == "test")
+    where = "train/" if source.given_splits else "the data"
+    if len(pool) == 0:
+        raise TransferlabError(f"'{source.root}' has no training images: add images under train/")
+    origins = {"train": where}
+    cut_test = False
+    if len(test_idx):
+        origins["test"] = "test/"
+    elif len(val_idx):
+        test_idx, val_idx = val_idx, np.array([], dtype=np.int64)
+        origins["test"] = "val/, held out"
+    elif test_fraction > 0:
+        test_idx, pool = _carve(images, pool, test_fraction, rng, "--test-fraction", source.root)
+        origins["test"] = f"{test_fraction:g} of {where}, seed {seed}"
+        cut_test = True
+    if len(val_idx):
+        origins["val"] = "val/"
+    elif val_fraction > 0:
+        # Fractions are of the whole pool; after test was cut from it, val's share of the rest grows.
+        share = val_fraction / (1 - test_fraction) if cut_test else val_fraction
+        val_idx, pool = _carve(images, pool, share, rng, "--val-fraction", source.root)
+        origins["val"] = f"{val_fraction:g} of {where}, seed {seed}"
+    _check_train_covers_classes(images, pool, source.root)
+    return Splits(images.subset(pool), _maybe(images, val_idx), _maybe(images, test_idx), origins)
+
+
+def _maybe(images: ImageSet, idx: np.ndarray) -> ImageSet | None:
+    return images.subset(idx) if len(idx) else None
+
+
+def _carve(images: ImageSet, pool: np.ndarray, fraction: float, rng: np.random.Generator,
+           option: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, shuffle and cut off `fraction` (at least one image); return (cut, rest).
+
+    Cutting per class keeps every class in every split, which a global stratified split cannot
+    promise for small classes.
+    """
+    cut, rest = [], []
+    for label in range(len(images.classes)):
+        members = pool[images.labels[pool] == label]
+        if len(members) == 0:
+            continue
+        if len(members) < 2:
+            raise TransferlabError(
+                f"class '{images.classes[label]}' in '{root}' has {len(members)} image(s) left for "
+                f"training, too few to split off {option} {fraction:g}: add images to it, or set "
+                f"{option} 0")
+        members = members[rng.permutation(len(members))]
+        n = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        cut.append(members[:n])
+        rest.append(members[n:])
+    return np.sort(np.concatenate(cut)), np.sort(np.concatenate(rest))
+
+
+def _check_train_covers_classes(images: ImageSet, train_idx: np.ndarray, root: str) -> None:
+    present = set(images.labels[train_idx].tolist())
+    missing = [c for i, c in enumerate(images.classes) if i not in present]
+    if missing:
+        raise TransferlabError(
+            f"class(es) {', '.join(repr(m) for m in missing)} in '{root}' have no training images: "
+            "add some under train/, or remove the class from the other splits")

@@ -1,0 +1,99 @@
+"""Classifiers fitted on cached features, returned as torch heads so every model predicts one way."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
+from torch import nn
+
+from .engine import Phase, run_phase
+
+# Inverse regularisation strengths tried for logistic regression on standardised features.
+C_GRID = np.logspace(-4, 1, 11)
+
+
+def fit_logistic(head: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
+                 x_val: np.ndarray | None, y_val: np.ndarray | None, num_classes: int,
+                 seed: int = 0) -> dict:
+    """Fit the last Linear layer of `head` as multinomial logistic regression; return what was chosen.
+
+    C is chosen by validation log loss, or by stratified cross-validation on the training split
+    when `x_val` is None (the caller passes None when val is also the split it reports, so the
+    reported score stays unbiased).
+    """
+    mu = x_train.mean(0)
+    sigma = x_train.std(0) + 1e-6
+    z_train = (x_train - mu) / sigma
+    classes = np.arange(num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if x_val is not None:
+            z_val = (x_val - mu) / sigma
+            model = LogisticRegression(max_iter=300, warm_start=True)
+            scores = []
+            for c in C_GRID:
+                model.set_params(C=c).fit(z_train, y_train)
+                scores.append(log_loss(y_val, model.predict_proba(z_val), labels=classes))
+            best_c = float(C_GRID[int(np.argmin(scores))])
+            model = LogisticRegression(C=best_c, max_iter=1000).fit(z_train, y_train)
+            chosen_by = "val log loss"
+        else:
+            folds = int(min(5, np.bincount(y_train).min()))
+            if folds < 2:
+                model = LogisticRegression(C=1.0, max_iter=1000).fit(z_train, y_train)
+                best_c, chosen_by = 1.0, "default (a class has 1 training image)"
+            else:
+                cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+                model = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=1000)
+                model.fit(z_train, y_train)
+                best_c, chosen_by = float(np.atleast_1d(model.C_)[0]), f"{folds}-fold cross-validation on train"
+    weight, bias = _as_multiclass(model, num_classes)
+    # Fold the standardisation into the layer: w.(x - mu)/sigma + b = (w/sigma).x + (b - (w/sigma).mu)
+    weight = weight / sigma
+    bias = bias - weight @ mu
+    linear = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+        linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    return {"classifier": "logistic regression", "C": best_c, "C_chosen_by": chosen_by}
+
+
+def _as_multiclass(model, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits for every class; scikit-learn keeps one row for two classes (softmax([0, z]) = sigmoid(z))."""
+    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    weight = np.zeros((num_classes, coef.shape[1]))
+    bias = np.zeros(num_classes)
+    if coef.shape[0] == 1:
+        weight[model.classes_[1]], bias[model.classes_[1]] = coef[0], intercept[0]
+    else:
+        weight[model.classes_], bias[model.classes_] = coef, intercept
+    return weight, bias
+
+
+def fit_mlp(head: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
+            y_val: np.ndarray | None, phase: Phase, batch_size: int, seed: int,
+            progress: bool = True) -> dict:
+    """Train `head` on feature vectors with the engine (early stopping on val loss when there is val)."""
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def train_batches(epoch: int):
+        order = torch.randperm(len(xt), generator=gen)
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            yield xt[idx], yt[idx]
+
+    val_batches = None
+    if x_val is not None:
+        xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
+        val_batches = lambda: ((xv[s:s + 256], yv[s:s + 256]) for s in range(0, len(xv), 256))  # noqa: E731
+    result = run_phase(head, list(head.parameters()), phase, train_batches, val_batches, progress)
+    head.eval()
+    return {"classifier": "mlp head", "best_epoch": result.best_epoch, "history": result.history}

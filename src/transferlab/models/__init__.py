@@ -1,0 +1,1 @@
+"""Models: backbones from timm with explicit weights sources, heads, and the network around them."""

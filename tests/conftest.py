@@ -1,0 +1,54 @@
+"""Shared test set-up: no network, a private cache, and the read-only data beside the checkout."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+# Set before transferlab or huggingface_hub are imported: hub lookups stay in the local cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Feature caches go to a folder of this test session, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("transferlab-cache")
+    os.environ["TRANSFERLAB_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open an internet connection fails the test that made it."""
+    real_connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, *a, **k: (_ for _ in ()).throw(
+                            AssertionError(f"test tried to reach the network: {address}")))
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: the tests need ../shared/data beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    return _shared("hymenoptera")
+
+
+@pytest.fixture(scope="session")
+def cifar10_small() -> Path:
+    return _shared("cifar10-small")
