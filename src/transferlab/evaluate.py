@@ -9,6 +9,9 @@ from sklearn import metrics as skm
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, top-5 (more than 5 classes), log loss, per-class precision/recall/F1, confusion."""
     y_true = np.asarray(y_true)
+    # float32 softmax rows sum to 1 only within 1e-7, more than scikit-learn's check allows
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / proba.sum(1, keepdims=True)
     labels = np.arange(len(classes))
     pred = proba.argmax(1)
     p, r, f, support = skm.precision_recall_fscore_support(
@@ -16,7 +19,7 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
     out = {
         "n": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, pred)),
-        "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1), labels=labels)),
+        "log_loss": float(skm.log_loss(y_true, proba, labels=labels)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
     }
     if len(classes) > 5:

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
@@ -24,35 +24,29 @@ def fit_logistic(head: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     """Fit the last Linear layer of `head` as multinomial logistic regression; return what was chosen.
 
     C is chosen by validation log loss, or by stratified cross-validation on the training split
-    when `x_val` is None (the caller passes None when val is also the split it reports, so the
-    reported score stays unbiased).
+    when there is no validation split.
     """
+    # float64 throughout: float32 probabilities miss scikit-learn's sum-to-one check
+    x_train = x_train.astype(np.float64)
     mu = x_train.mean(0)
     sigma = x_train.std(0) + 1e-6
     z_train = (x_train - mu) / sigma
-    classes = np.arange(num_classes)
+    if x_val is not None:
+        folds = [(np.arange(len(y_train)), (x_val - mu) / sigma, y_val)]
+        chosen_by = "val log loss"
+    else:
+        n_folds = int(min(5, np.bincount(y_train).min()))
+        splitter = StratifiedKFold(max(n_folds, 2), shuffle=True, random_state=seed)
+        folds = [] if n_folds < 2 else [(fit, z_train[held], y_train[held])
+                                        for fit, held in splitter.split(z_train, y_train)]
+        chosen_by = f"{n_folds}-fold cross-validation on train"
+    if folds:
+        best_c = float(C_GRID[int(np.argmin(_log_losses(z_train, y_train, folds, num_classes)))])
+    else:
+        best_c, chosen_by = 1.0, "default (a class has a single training image)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if x_val is not None:
-            z_val = (x_val - mu) / sigma
-            model = LogisticRegression(max_iter=300, warm_start=True)
-            scores = []
-            for c in C_GRID:
-                model.set_params(C=c).fit(z_train, y_train)
-                scores.append(log_loss(y_val, model.predict_proba(z_val), labels=classes))
-            best_c = float(C_GRID[int(np.argmin(scores))])
-            model = LogisticRegression(C=best_c, max_iter=1000).fit(z_train, y_train)
-            chosen_by = "val log loss"
-        else:
-            folds = int(min(5, np.bincount(y_train).min()))
-            if folds < 2:
-                model = LogisticRegression(C=1.0, max_iter=1000).fit(z_train, y_train)
-                best_c, chosen_by = 1.0, "default (a class has 1 training image)"
-            else:
-                cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-                model = LogisticRegressionCV(Cs=C_GRID, cv=cv, scoring="neg_log_loss", max_iter=1000)
-                model.fit(z_train, y_train)
-                best_c, chosen_by = float(np.atleast_1d(model.C_)[0]), f"{folds}-fold cross-validation on train"
+        model = LogisticRegression(C=best_c, max_iter=1000).fit(z_train, y_train)
     weight, bias = _as_multiclass(model, num_classes)
     # Fold the standardisation into the layer: w.(x - mu)/sigma + b = (w/sigma).x + (b - (w/sigma).mu)
     weight = weight / sigma
@@ -62,6 +56,21 @@ def fit_logistic(head: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
         linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
     return {"classifier": "logistic regression", "C": best_c, "C_chosen_by": chosen_by}
+
+
+def _log_losses(z_train, y_train, folds, num_classes: int) -> np.ndarray:
+    """Mean held-out log loss of each C in C_GRID over the folds (warm-started along the grid)."""
+    losses = np.zeros(len(C_GRID))
+    for fit_idx, z_held, y_held in folds:
+        model = LogisticRegression(max_iter=300, warm_start=True)
+        for i, c in enumerate(C_GRID):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.set_params(C=c).fit(z_train[fit_idx], y_train[fit_idx])
+            proba = np.zeros((len(y_held), num_classes))
+            proba[:, model.classes_] = model.predict_proba(z_held)
+            losses[i] += log_loss(y_held, proba, labels=np.arange(num_classes))
+    return losses / len(folds)
 
 
 def _as_multiclass(model, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
