@@ -4,7 +4,9 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # Set before transferlab or huggingface_hub are imported: hub lookups stay in the local cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,3 +54,25 @@ def hymenoptera() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_small() -> Path:
     return _shared("cifar10-small")
+
+
+COLOURS = {"red": (210, 35, 35), "green": (35, 190, 35), "blue": (35, 35, 210)}
+
+
+def _colour_folder(root: Path, classes=("red", "blue"), per_class: int = 8, size: int = 24,
+                   noise: int = 30) -> Path:
+    """A class-folder tree of small noisy images whose class is their colour: learnable in seconds."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            jitter = rng.integers(-noise, noise, (size, size, 3))
+            pixels = np.clip(np.array(COLOURS[cls]) + jitter, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_folder():
+    """Factory: colour_folder(root, classes=..., per_class=..., size=...) -> the folder."""
+    return _colour_folder

@@ -18,21 +18,9 @@ from transferlab.cli import main
 FAST = ["--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
 
 
-def _colour_folder(root, classes=("red", "blue"), per_class=8, size=24):
-    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
-    rng = np.random.default_rng(0)
-    for cls in classes:
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            noise = rng.integers(-25, 25, (size, size, 3))
-            pixels = np.clip(np.array(colours[cls]) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / cls / f"{i}.png")
-    return root
-
-
 @pytest.fixture
-def colours(tmp_path):
-    return _colour_folder(tmp_path / "colours")
+def colours(tmp_path, colour_folder):
+    return colour_folder(tmp_path / "colours")
 
 
 def test_a_run_directory_holds_config_metrics_and_a_rebuildable_model(colours, tmp_path, capsys):
@@ -72,9 +60,9 @@ def test_a_run_that_fails_while_saving_leaves_nothing_half_written(colours, tmp_
     assert list((tmp_path / "runs").iterdir()) == []
 
 
-def test_evaluate_scores_a_saved_run_on_other_data(colours, tmp_path, capsys):
+def test_evaluate_scores_a_saved_run_on_other_data(colours, colour_folder, tmp_path, capsys):
     assert main(["train", str(colours), "--out", str(tmp_path / "runs"), "--name", "r", *FAST]) == 0
-    other = _colour_folder(tmp_path / "other", per_class=5)
+    other = colour_folder(tmp_path / "other", per_class=5)
     capsys.readouterr()
     out_json = tmp_path / "eval.json"
     assert main(["evaluate", str(tmp_path / "runs" / "r"), str(other), "--json", str(out_json)]) == 0
@@ -84,9 +72,9 @@ def test_evaluate_scores_a_saved_run_on_other_data(colours, tmp_path, capsys):
     assert metrics["accuracy"] == clf.score(str(other))
 
 
-def test_evaluate_refuses_data_whose_class_names_differ(colours, tmp_path, capsys):
+def test_evaluate_refuses_data_whose_class_names_differ(colours, colour_folder, tmp_path, capsys):
     assert main(["train", str(colours), "--out", str(tmp_path / "runs"), "--name", "r", *FAST]) == 0
-    other = _colour_folder(tmp_path / "other", classes=("red", "green"), per_class=3)
+    other = colour_folder(tmp_path / "other", classes=("red", "green"), per_class=3)
     assert main(["evaluate", str(tmp_path / "runs" / "r"), str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
@@ -103,7 +91,7 @@ def test_evaluate_on_a_folder_that_is_not_a_run_says_so(tmp_path, capsys):
     (["train", "{colours}", "--backbone", "resnet5O"], "did you mean resnet50"),
     (["train", "{colours}", "--head", "mlp:x"], "--head 'mlp:x' is not understood"),
     (["train", "{colours}", "--val-fraction", "1.5"], "--val-fraction 1.5 is outside"),
-    (["train", "{colours}", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "{colours}", "--epochs", "0"], "--epochs 0 must be at least 1"),
     (["train", "{colours}", "--weights", "missing.safetensors"], "--weights 'missing.safetensors' is not a file"),
     (["train", "--config", "{tmp}/nope.yaml"], "config file"),
 ])

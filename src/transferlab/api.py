@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,10 @@ from .data.sources import load_source
 from .data.split import split_source
 from .errors import TransferlabError
 from .evaluate import compute_metrics, format_metrics
-from .runs import (atomic_dir, default_run_name, read_run_file, unique_dir, write_history,
-                   write_json, write_yaml)
+from .engine import CHECKPOINT, load_checkpoint
+from .report.curves import plot_curves
+from .runs import default_run_name, unique_dir, write_history, write_json, write_yaml
+from .strategies import resolve
 
 log = logging.getLogger("transferlab")
 
@@ -33,50 +36,89 @@ class Run:
 
 
 def train(data: str | None = None, config: RunConfig | None = None, progress: bool = True,
-          **options) -> Run:
-    """Train one run and write its directory; `options` are RunConfig keys (same names as the CLI)."""
-    values = (config or RunConfig()).to_dict()
-    values.update(options)
-    if data is not None:
-        values["data"] = str(data)
-    config = RunConfig.from_dict(values)
+          resume: str | Path | None = None, **options) -> Run:
+    """Train one run and write its directory; `options` are RunConfig keys (same names as the CLI).
+
+    `resume` continues an interrupted run from its last complete epoch, with its own config.
+    """
+    checkpoint = None
+    if resume is not None:
+        path = Path(resume)
+        if options or data is not None:
+            raise TransferlabError("--resume continues a run with its own config.yaml: give no other options")
+        if (path / "metrics.json").is_file():
+            raise TransferlabError(f"run '{path}' has already finished: start a new run instead")
+        config = RunConfig.from_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else None
+        if config is None:
+            raise TransferlabError(f"'{path}' is not a transferlab run (no config.yaml): pass the folder "
+                                   "of an interrupted run")
+        checkpoint = load_checkpoint(path)
+        log.info(f"resuming {path} " + (f"after epoch {len(checkpoint['history'])}" if checkpoint
+                                        else "from the start (no epoch had finished)"))
+    else:
+        values = (config or RunConfig()).to_dict()
+        values.update(options)
+        if data is not None:
+            values["data"] = str(data)
+        config = RunConfig.from_dict(values)
+    config = resolve(config)
     started = time.perf_counter()
-    source = load_source(config.data)
+    source = load_source(config.data, cifar_labels=config.cifar_labels, classes=config.class_list())
     if source.ignored:
         log.warning(f"ignored {len(source.ignored)} file(s) without an image extension, "
                     f"e.g. {source.ignored[0]}")
     splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
     clf = ImageClassifier(**config.model_options(), progress=progress)
-    clf.fit(splits.train, splits.val)
-    log.info(f"backbone {config.backbone} with {clf.weights_.description}; features "
-             f"{clf.feature_counts_['computed']} computed, {clf.feature_counts_['cached']} from cache")
-    metrics = {"score_split": splits.score_split, "splits": {}, "fit": {
-        k: v for k, v in clf.fit_info_.items() if k != "history"}}
+    if resume is None:
+        path = unique_dir(Path(config.out), config.name or default_run_name(source.images.name, config.strategy))
+        path.mkdir(parents=True)
+        write_yaml(path / "config.yaml", config.to_dict())
+    try:
+        clf.fit(splits.train, splits.val, run_dir=path, resume=checkpoint)
+        metrics = _score_splits(clf, splits)
+        metrics["seconds"] = round(time.perf_counter() - started, 2)
+        clf.write_model_files(path)
+        write_history(path / "history.csv", clf.history_)
+        if clf.history_:
+            plot_curves(clf.history_, path / "curves.png")
+        write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
+        (path / CHECKPOINT).unlink(missing_ok=True)
+    except BaseException:
+        if resume is None and not (path / CHECKPOINT).exists():
+            shutil.rmtree(path, ignore_errors=True)  # nothing worth resuming: leave no trace
+        elif (path / CHECKPOINT).exists():
+            log.warning(f"run interrupted; continue it with `transferlab train --resume {path}`")
+        raise
+    if metrics["skipped"]:
+        skipped = metrics["skipped"]
+        log.warning(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
+                    + (f"; and {len(skipped) - 5} more (all listed in metrics.json)" if len(skipped) > 5 else ""))
+    split = splits.score_split
+    log.info(format_metrics(metrics[split], f"{split} ({splits.origins[split]})"))
+    log.info(f"run saved to {path} ({metrics['seconds']:.1f} s)")
+    return Run(path, metrics, clf)
+
+
+def _score_splits(clf: ImageClassifier, splits) -> dict:
+    """Metrics on val and test, and on train where that is cheap (cached features)."""
+    metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "splits": {},
+               "fit": dict(clf.fit_info_)}
     skipped = list(clf.skipped_)
     for name, part in splits.items():
+        if name == "train" and clf.config_.strategy != "features":
+            metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
+            continue
         proba, ok, failures = clf.predict_proba_readable(part.images)
-        if name != "train" and name != "val":
+        if name == "test":
             skipped += [str(f) for f in failures]
         metrics["splits"][name] = {"images": len(part), "readable": int(ok.sum()),
                                    "from": splits.origins.get(name, "")}
         metrics[name] = compute_metrics(part.labels[ok], proba, clf.classes_)
-    metrics["features"] = clf.feature_counts_
+    if hasattr(clf, "feature_counts_"):
+        metrics["features"] = clf.feature_counts_
     metrics["skipped"] = skipped
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    if skipped:
-        log.warning(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
-                    + (f"; and {len(skipped) - 5} more (all listed in metrics.json)" if len(skipped) > 5 else ""))
-    out = Path(config.out)
-    path = unique_dir(out, config.name or default_run_name(source.images.name, config.strategy))
-    with atomic_dir(path) as tmp:
-        clf.write_model_files(tmp)
-        write_yaml(tmp / "config.yaml", config.to_dict())
-        write_json(tmp / "metrics.json", metrics)
-        write_history(tmp / "history.csv", clf.fit_info_.get("history", []))
-    log.info(format_metrics(metrics[splits.score_split], f"{splits.score_split} ({splits.origins[splits.score_split]})"))
-    log.info(f"run saved to {path} ({metrics['seconds']:.1f} s)")
-    return Run(path, metrics, clf)
+    return metrics
 
 
 def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -15,75 +16,104 @@ from safetensors.torch import load_model, save_model
 from . import __version__
 from .config import RunConfig
 from .data.decode import UnreadableImage, decode
+from .data.loader import TensorBatches, readable
 from .data.sources import ImageRef, ImageSet, load_source
-from .engine import Phase
+from .engine import Phase, Trainer
 from .errors import TransferlabError
-from .feature_classifiers import fit_logistic, fit_mlp
+from .feature_classifiers import fit_logistic
 from .features import Extracted, FeatureStore, default_cache_dir, extract_features, extractor_key
+from .inference import predict_pixels
 from .models.backbones import create_backbone, feature_dim
 from .models.heads import build_head, parse_head
 from .models.network import Network
 from .models.preprocess import Preprocess
 from .models.weights import WeightsInfo
 from .runs import atomic_dir, read_run_file
+from .strategies import resolve
+from .training import build_network, fit_network, head_only_settings, resolve_device
 
 log = logging.getLogger("transferlab")
 MODEL_FORMAT = 1
-_DEFAULTS = RunConfig()
+OPTIONS = tuple(RunConfig().model_options())
 
 
 class ImageClassifier:
     """A pretrained backbone plus a head, fitted to labelled images.
 
-    Arguments are stored untouched (scikit-learn's convention); `fit` learns `classes_`,
-    `network_`, `preprocess_`, `weights_` and `fit_info_`.
+    Keyword arguments are the run options (the same names as the command line and config.yaml,
+    e.g. backbone, head, unfreeze, lr). They are stored as given (scikit-learn's convention);
+    `fit` learns `classes_`, `network_`, `preprocess_`, `weights_`, `config_` (every option as
+    resolved by the strategy), `history_` and `fit_info_`.
     """
 
-    def __init__(self, backbone: str = _DEFAULTS.backbone, strategy: str = _DEFAULTS.strategy,
-                 weights: str = _DEFAULTS.weights, head: str = _DEFAULTS.head,
-                 dropout: float = _DEFAULTS.dropout, epochs: int = _DEFAULTS.epochs,
-                 patience: int = _DEFAULTS.patience, lr: float = _DEFAULTS.lr,
-                 weight_decay: float = _DEFAULTS.weight_decay, batch_size: int = _DEFAULTS.batch_size,
-                 image_size: int | None = _DEFAULTS.image_size, seed: int = _DEFAULTS.seed,
-                 feature_cache: bool = _DEFAULTS.feature_cache, cache_dir: str | None = _DEFAULTS.cache_dir,
-                 progress: bool = True):
-        self.backbone = backbone
+    def __init__(self, strategy: str = "features", backbone: str | None = None, progress: bool = True,
+                 **options):
+        defaults = RunConfig()
+        for key in options:
+            if key not in OPTIONS:
+                close = difflib.get_close_matches(key, OPTIONS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise TransferlabError(f"ImageClassifier: unknown option '{key}'{hint}")
         self.strategy = strategy
-        self.weights = weights
-        self.head = head
-        self.dropout = dropout
-        self.epochs = epochs
-        self.patience = patience
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.image_size = image_size
-        self.seed = seed
-        self.feature_cache = feature_cache
-        self.cache_dir = cache_dir
+        self.backbone = backbone
         self.progress = progress
+        for key in OPTIONS:
+            if key not in ("strategy", "backbone"):
+                setattr(self, key, options.get(key, getattr(defaults, key)))
+
+    def options(self) -> dict:
+        return {k: getattr(self, k) for k in OPTIONS}
 
     # -- fitting -----------------------------------------------------------------------------
 
-    def fit(self, train, val=None) -> "ImageClassifier":
+    def fit(self, train, val=None, *, run_dir: str | os.PathLike | None = None,
+            resume: dict | None = None) -> "ImageClassifier":
         """Fit on `train` (an ImageSet, or a folder/CSV/'digits'); `val` guides choices only.
 
         Without `val`, choices are made on the training data alone (cross-validation for
-        logistic regression, a held-back slice of train for an MLP head).
+        logistic regression, a held-back slice of train for a trained head or network).
+        `run_dir` receives a checkpoint after every epoch; `resume` is a checkpoint to continue.
         """
-        RunConfig(**{k: getattr(self, k) for k in RunConfig().model_options()}).validate()
+        cfg = resolve(RunConfig.from_dict(self.options(), origin="ImageClassifier"))
         train = self._as_imageset(train, "train")
         val = self._as_imageset(val, "val", train.classes) if val is not None else None
-        torch.manual_seed(self.seed)
-        backbone, self.preprocess_, self.weights_ = create_backbone(
-            self.backbone, self.weights, self.image_size, self.seed)
         self.classes_ = list(train.classes)
-        head = build_head(self.head, feature_dim(backbone), len(self.classes_), self.dropout)
+        self.config_ = cfg
+        if cfg.strategy == "features":
+            self._fit_features(cfg, train, val)
+        else:
+            self._fit_network(cfg, train, val, run_dir, resume)
+        self.network_.eval()
+        return self
+
+    def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, run_dir, resume) -> None:
+        network, pre, self.weights_ = build_network(cfg, len(self.classes_))
+        train, failed = readable(train, pre, cfg.batch_size)
+        skipped = [str(f) for f in failed]
+        if val is None:
+            train, val = _hold_back(train, cfg.seed)
+        else:
+            val, failed = readable(val, pre, cfg.batch_size)
+            skipped += [str(f) for f in failed]
+        self.skipped_ = skipped
+        result, self.preprocess_ = fit_network(network, cfg, pre, train, val, run_dir and Path(run_dir),
+                                               resume, self.progress)
+        self.network_ = network
+        self.history_ = result.history
+        self.fit_info_ = {"best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_value,
+                          "phases": result.phases, "train_seconds": round(result.seconds_training, 2),
+                          "train_images_per_second": round(result.images_trained / max(result.seconds_training, 1e-9), 2)}
+
+    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None) -> None:
+        backbone, self.preprocess_, self.weights_ = create_backbone(cfg.backbone, cfg.weights,
+                                                                    cfg.image_size, cfg.seed)
+        torch.manual_seed(cfg.seed)
+        head = build_head(cfg.head, feature_dim(backbone), len(self.classes_), cfg.dropout)
         self.network_ = Network(backbone, head, self.preprocess_.mean, self.preprocess_.std).eval()
         ex_train = self._features(train.images, "train features")
         y_train = train.labels[ex_train.ok]
-        x_val = y_val = None
         extracted = [ex_train]
+        x_val = y_val = None
         if val is not None:
             ex_val = self._features(val.images, "val features")
             x_val, y_val = ex_val.features, val.labels[ex_val.ok]
@@ -91,20 +121,22 @@ class ImageClassifier:
         self.skipped_ = [str(f) for ex in extracted for f in ex.failures]
         self.feature_counts_ = {"computed": sum(ex.computed for ex in extracted),
                                 "cached": sum(ex.cached for ex in extracted)}
-        kind, _ = parse_head(self.head)
-        if kind == "linear":
+        self.history_ = []
+        if parse_head(cfg.head)[0] == "linear":
             self.fit_info_ = fit_logistic(head, ex_train.features, y_train, x_val, y_val,
-                                          len(self.classes_), self.seed)
-        else:
-            if x_val is None:
-                x_train_, y_train_, x_val, y_val = _hold_back(ex_train.features, y_train, self.seed)
-            else:
-                x_train_, y_train_ = ex_train.features, y_train
-            phase = Phase("head", self.epochs, self.lr, self.weight_decay, self.patience)
-            self.fit_info_ = fit_mlp(head, x_train_, y_train_, x_val, y_val, phase,
-                                     self.batch_size, self.seed, self.progress)
-        self.network_.eval()
-        return self
+                                          len(self.classes_), cfg.seed)
+            return
+        x_train = ex_train.features
+        if x_val is None:
+            x_train, y_train, x_val, y_val = _hold_back_arrays(x_train, y_train, cfg.seed)
+        trainer = Trainer(head, head_only_settings(cfg), progress=self.progress)
+        phase = Phase("head", cfg.epochs, [([n for n, _ in head.named_parameters()], cfg.lr)])
+        result = trainer.fit([phase], TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train),
+                                                    cfg.batch_size, shuffle=True),
+                             TensorBatches(torch.from_numpy(x_val), torch.from_numpy(y_val), 256))
+        head.eval()
+        self.history_ = result.history
+        self.fit_info_ = {"classifier": "mlp head", "best_epoch": result.best_epoch}
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -134,12 +166,17 @@ class ImageClassifier:
     def predict_proba_readable(self, images: list[ImageRef]) -> tuple[np.ndarray, np.ndarray, list]:
         """(probabilities of the readable images, mask of readable images, the failures)."""
         self._check_fitted()
-        if self.strategy == "features":
+        if self.strategy == "features" and self.feature_cache:
+            # The backbone is the untouched pretrained one: its cached features are valid.
             ex = self._features(images, "features")
             with torch.inference_mode():
                 logits = self.network_.head(torch.from_numpy(ex.features))
             return torch.softmax(logits, 1).numpy(), ex.ok, ex.failures
-        raise NotImplementedError(self.strategy)
+        device = resolve_device(getattr(self, "device", "cpu"))
+        proba, ok, failures = predict_pixels(self.network_, images, self.preprocess_, self.batch_size,
+                                             device, self.progress)
+        self.network_.to("cpu")
+        return proba, ok, failures
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -162,16 +199,18 @@ class ImageClassifier:
         # Write beside, then rename: a crash never leaves a half-written model file.
         save_model(self.network_, str(directory / ".model.safetensors.tmp"))
         os.replace(directory / ".model.safetensors.tmp", directory / "model.safetensors")
-        (directory / "model.json").write_text(json.dumps(self._model_spec(), indent=2) + "\n")
+        tmp = directory / ".model.json.tmp"
+        tmp.write_text(json.dumps(self._model_spec(), indent=2) + "\n")
+        os.replace(tmp, directory / "model.json")
 
     def _model_spec(self) -> dict:
+        cfg = self.config_
         return {
             "format": MODEL_FORMAT, "transferlab_version": __version__,
-            "backbone": self.backbone, "strategy": self.strategy, "head": self.head,
-            "dropout": self.dropout, "num_features": feature_dim(self.network_.backbone),
+            "backbone": cfg.backbone, "strategy": cfg.strategy, "head": cfg.head, "dropout": cfg.dropout,
+            "num_features": feature_dim(self.network_.backbone), "image_size": self.preprocess_.input_size,
             "classes": self.classes_, "preprocess": self.preprocess_.to_dict(),
-            "weights": vars(self.weights_),
-            "params": {k: getattr(self, k) for k in RunConfig().model_options()},
+            "weights": vars(self.weights_), "params": cfg.model_options(),
         }
 
     @classmethod
@@ -179,14 +218,23 @@ class ImageClassifier:
         """Rebuild a saved classifier; needs no network and no pretrained weights file."""
         import timm
 
+        from .models.scratch import SCRATCH_MODELS, create_scratch
+
         directory = Path(directory)
+        if (directory / "config.yaml").is_file() and not (directory / "model.json").is_file():
+            raise TransferlabError(f"run '{directory}' has not finished (no model.json): continue it with "
+                                   f"`transferlab train --resume {directory}`")
         spec = read_run_file(directory, "model.json")
         if spec.get("format") != MODEL_FORMAT:
             raise TransferlabError(f"'{directory}/model.json' has format {spec.get('format')}, this "
                                    f"transferlab reads format {MODEL_FORMAT}: upgrade transferlab")
-        clf = cls(**{**spec["params"], "progress": True})
-        backbone = timm.create_model(spec["backbone"], pretrained=False)
-        backbone.reset_classifier(0)
+        clf = cls(**spec["params"])
+        clf.config_ = RunConfig.from_dict(spec["params"], origin=str(directory / "model.json"))
+        if spec["backbone"] in SCRATCH_MODELS:
+            backbone = create_scratch(spec["backbone"], spec["image_size"])
+        else:
+            backbone = timm.create_model(spec["backbone"], pretrained=False)
+            backbone.reset_classifier(0)
         clf.classes_ = list(spec["classes"])
         clf.preprocess_ = Preprocess.from_dict(spec["preprocess"])
         clf.weights_ = WeightsInfo(**spec["weights"])
@@ -194,13 +242,13 @@ class ImageClassifier:
         clf.network_ = Network(backbone, head, clf.preprocess_.mean, clf.preprocess_.std)
         load_model(clf.network_, str(directory / "model.safetensors"), strict=True)
         clf.network_.eval()
-        clf.fit_info_, clf.skipped_ = {}, []
+        clf.fit_info_, clf.skipped_, clf.history_ = {}, [], []
         return clf
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _features(self, images: list[ImageRef], desc: str) -> Extracted:
-        key = extractor_key(self.backbone, self.weights_.identity, self.preprocess_)
+        key = extractor_key(self.config_.backbone, self.weights_.identity, self.preprocess_)
         cache = None
         if self.feature_cache:
             cache = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -231,9 +279,8 @@ class ImageClassifier:
         elif isinstance(data, (str, os.PathLike)):
             images = load_source(data).images
         elif allow_unlabelled and isinstance(data, (list, tuple, np.ndarray)):
-            images = ImageSet([_ref(x, i) for i, x in enumerate(data)], np.zeros(len(data)),
-                              list(self.classes_) if hasattr(self, "classes_") else ["?"])
-            return images
+            return ImageSet([_ref(x, i) for i, x in enumerate(data)], np.zeros(len(data)),
+                            list(self.classes_) if hasattr(self, "classes_") else ["?"])
         else:
             raise TransferlabError(f"{what}: expected an ImageSet, a folder, a .csv or 'digits', "
                                    f"got {type(data).__name__}")
@@ -271,12 +318,22 @@ def align_classes(images: ImageSet, classes: list[str], what: str) -> ImageSet:
     return ImageSet(images.images, remap[images.labels], list(classes), images.name)
 
 
-def _hold_back(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.15):
-    """Split features into (train, early-stopping) slices per class, when no val split was given."""
+def _held_mask(y: np.ndarray, seed: int, fraction: float = 0.15) -> np.ndarray:
+    """Per class, mark `fraction` (at least one, never the last) to hold back for early stopping."""
     rng = np.random.default_rng(seed)
     held = np.zeros(len(y), dtype=bool)
     for label in np.unique(y):
         members = np.flatnonzero(y == label)
         if len(members) > 1:
             held[rng.choice(members, max(1, int(round(fraction * len(members)))), replace=False)] = True
+    return held
+
+
+def _hold_back(images: ImageSet, seed: int) -> tuple[ImageSet, ImageSet]:
+    held = _held_mask(images.labels, seed)
+    return images.subset(np.flatnonzero(~held)), images.subset(np.flatnonzero(held))
+
+
+def _hold_back_arrays(x: np.ndarray, y: np.ndarray, seed: int):
+    held = _held_mask(y, seed)
     return x[~held], y[~held], x[held], y[held]

@@ -9,9 +9,8 @@ import logging
 import sys
 from dataclasses import fields
 
-from .config import STRATEGIES, RunConfig
+from .config import RunConfig
 from .errors import TransferlabError
-from .models.heads import HEAD_HELP
 
 log = logging.getLogger("transferlab")
 
@@ -35,33 +34,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One option per RunConfig key, named like it (--weight-decay is weight_decay)."""
     d = RunConfig()
-    g = p.add_argument_group("model")
-    g.add_argument("--strategy", choices=STRATEGIES, help=f"how the pretrained network is reused (default {d.strategy})")
-    g.add_argument("--backbone", help=f"timm model name (default {d.backbone}); see `transferlab backbones`")
-    g.add_argument("--weights", help="auto (packaged offline weights, else the timm hub), hub, none (random), "
-                                     "or a .safetensors / state-dict file (default auto)")
-    g.add_argument("--head", help=f"{HEAD_HELP} (default {d.head}: logistic regression for `features`)")
-    g.add_argument("--dropout", type=float, help=f"dropout in an MLP head (default {d.dropout})")
-    g.add_argument("--image-size", dest="image_size", type=int, help="input size in pixels (default: the backbone's)")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help=f"most epochs for a trained head (default {d.epochs})")
-    g.add_argument("--patience", type=int, help=f"epochs without improvement before stopping (default {d.patience})")
-    g.add_argument("--lr", type=float, help=f"learning rate (default {d.lr})")
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, help=f"(default {d.weight_decay})")
-    g.add_argument("--batch-size", dest="batch_size", type=int, help=f"(default {d.batch_size})")
-    g.add_argument("--seed", type=int, help=f"seed for splits and training (default {d.seed})")
-    g = p.add_argument_group("data and output")
-    g.add_argument("--val-fraction", dest="val_fraction", type=float,
-                   help=f"share of the data for validation when it has no val split (default {d.val_fraction})")
-    g.add_argument("--test-fraction", dest="test_fraction", type=float,
-                   help=f"share held out for the score when it has no test or val split (default {d.test_fraction})")
-    g.add_argument("--out", help=f"folder for run directories (default {d.out})")
-    g.add_argument("--name", help="run directory name (default: DATA-STRATEGY-TIME)")
-    g.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False,
-                   help="do not read or write the on-disk feature cache")
-    g.add_argument("--cache-dir", dest="cache_dir", help="feature cache folder (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)")
-    g.add_argument("--config", help="YAML file of run options; options given here override it")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(RunConfig):
+        if f.name == "data":
+            continue
+        group = f.metadata.get("group", "training")
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(d, f.name)
+        text = f.metadata.get("help", "") + (f" (default {default})" if default not in (None, "") else "")
+        kind = str(f.type)
+        kwargs: dict = {"dest": f.name, "help": text, "default": None}
+        if "bool" in kind:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+            kwargs["metavar"] = f.name.upper().replace("_", "-") if "choices" not in kwargs else None
+        groups[group].add_argument(flag, **kwargs)
+    p.add_argument("--config", help="YAML file of run options (same keys); options given here override it")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last complete epoch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,12 +108,15 @@ def _run(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     if args.command == "train":
-        base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
         given = {f.name: getattr(args, f.name) for f in fields(RunConfig)
                  if getattr(args, f.name, None) is not None}
-        if "data" not in given and not args.config:
-            raise TransferlabError("train needs DATA: a folder, a .csv file, or 'digits'")
-        run = api.train(config=base, progress=progress, **given)
+        if args.resume:
+            run = api.train(resume=args.resume, progress=progress, **given)
+        else:
+            base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+            if "data" not in given and not args.config:
+                raise TransferlabError("train needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")
+            run = api.train(config=base, progress=progress, **given)
         print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
     elif args.command == "evaluate":
         metrics = api.evaluate(args.run, args.data, args.split, progress=progress)

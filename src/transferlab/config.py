@@ -1,58 +1,137 @@
-"""The run configuration: one flat dataclass whose keys are the CLI options and the API arguments."""
+"""The run configuration: one flat dataclass whose keys are the CLI options, the API arguments and
+the keys of config.yaml. A value left at None is chosen by the strategy (strategies.resolve) and
+the chosen value is what config.yaml records."""
 
 from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from .errors import TransferlabError
-from .models.heads import parse_head
+from .models.heads import HEAD_HELP, parse_head
 
-STRATEGIES = ("features",)
+STRATEGIES = ("features", "frozen", "finetune", "reinit", "scratch")
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # the packaged offline weights; works without a network
+AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
+
+
+def opt(default, help: str, group: str = "training", choices=None):
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 @dataclass
 class RunConfig:
-    data: str = "digits"
-    strategy: str = "features"
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "auto"              # auto | hub | none | packaged | path to a checkpoint
-    head: str = "linear"               # linear | mlp:H1,H2,...
-    dropout: float = 0.5               # before the last layer of an MLP head
-    epochs: int = 100                  # most epochs a trained head runs (early stopping ends it)
-    patience: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    image_size: int | None = None      # None: the backbone's own
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-    out: str = "runs"
-    name: str | None = None
-    feature_cache: bool = True
-    cache_dir: str | None = None       # None: $TRANSFERLAB_CACHE or ~/.cache/transferlab
+    data: str = opt("digits", "folder, .csv, CIFAR archive or 'digits'", "data")
+    strategy: str = opt("features", "how the pretrained network is reused", "model", STRATEGIES)
+    backbone: str | None = opt(None, f"timm model name, or basenet / basenet-plus for scratch "
+                                     f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`)", "model")
+    weights: str = opt("auto", "auto (packaged offline weights, else the timm hub), hub, none "
+                               "(random), or a .safetensors / state-dict file", "model")
+    head: str | None = opt(None, f"{HEAD_HELP} (default: linear; basenet mlp:512, basenet-plus "
+                                 "mlp-bn:512,256)", "model")
+    dropout: float | None = opt(None, "dropout before the head's last layer(s)", "model")
+    image_size: int | None = opt(None, "input size in pixels (default: the backbone's; 32 for scratch)", "model")
+    unfreeze: str = opt("2", "finetune: how many last stages train in phase 2, or 'all' "
+                             "(`transferlab layers` shows the stages)", "model")
+    reinit: int = opt(1, "reinit: how many last stages get fresh weights", "model")
+    backbone_lr_mult: float = opt(0.1, "finetune: backbone learning rate as a fraction of the head's", "model")
+    bn_update: bool = opt(False, "let unfrozen BatchNorm layers update their statistics", "model")
+
+    epochs: int | None = opt(None, "epochs (finetune: of phase 2; early stopping may end sooner)")
+    head_epochs: int | None = opt(None, "finetune: epochs of phase 1, head only")
+    lr: float | None = opt(None, "learning rate of the head (and of everything for scratch)")
+    optimizer: str | None = opt(None, "adamw, sgd, adam or rmsprop (default adamw; sgd for scratch)")
+    weight_decay: float | None = opt(None, "weight decay (default 0.01 for adam(w), 5e-4 otherwise)")
+    momentum: float = opt(0.9, "momentum for sgd and rmsprop")
+    nesterov: bool = opt(False, "Nesterov momentum for sgd")
+    schedule: str = opt("cosine", "learning-rate schedule: cosine, constant, step or onecycle")
+    warmup_epochs: float | None = opt(None, "linear warm-up at the start of a phase (default 1 for finetune phase 2)")
+    milestones: str = opt("", "step schedule: epochs where the rate drops, e.g. 25,50")
+    gamma: float = opt(0.1, "step schedule: factor at each milestone")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
+    balance: str = opt("none", "imbalanced classes: none, weights (loss weights) or sampler", "training",
+                       ("none", "weights", "sampler"))
+    monitor: str = opt("val_loss", "early stopping metric", "training", ("val_loss", "val_accuracy"))
+    patience: int | None = opt(None, "epochs without improvement before stopping (default 10; 5 for finetune)")
+    min_delta: float = opt(1e-4, "smallest change that counts as an improvement")
+    batch_size: int = opt(32, "images per batch")
+    seed: int = opt(0, "seed for splits, order, augmentation and initialisation")
+
+    augment: str | None = opt(None, "none, standard, classic (Keras-style shifts) or randaugment "
+                                    "(default standard; classic for scratch)", "augmentation", AUGMENT_PRESETS)
+    scale_min: float = opt(0.25, "standard/randaugment: smallest crop area fraction", "augmentation")
+    width_shift: float = opt(0.1, "classic: horizontal shift as a fraction of the width", "augmentation")
+    height_shift: float = opt(0.1, "classic: vertical shift as a fraction of the height", "augmentation")
+    rotation: float = opt(15.0, "classic: rotation range in degrees", "augmentation")
+    zoom: float = opt(0.1, "classic: zoom range (scale 1-zoom .. 1+zoom)", "augmentation")
+    hflip: bool = opt(True, "random horizontal flips", "augmentation")
+    magnitude: int = opt(9, "randaugment: magnitude", "augmentation")
+    mixup: float = opt(0.0, "mixup alpha (0 = off)", "augmentation")
+    cutmix: float = opt(0.0, "cutmix alpha (0 = off)", "augmentation")
+    featurewise_norm: bool | None = opt(None, "normalise with the training set's own mean and std "
+                                              "(default on for scratch)", "augmentation")
+
+    val_fraction: float = opt(0.15, "share for validation when the data has no val split", "data")
+    test_fraction: float = opt(0.15, "share held out for the score when the data has no test or val split", "data")
+    classes: str = opt("", "keep only these classes, comma-separated", "data")
+    cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", ("fine", "coarse"))
+    out: str = opt("runs", "folder for run directories", "output")
+    name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
+    feature_cache: bool = opt(True, "read and write the on-disk feature cache", "output")
+    cache_dir: str | None = opt(None, "feature cache folder (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)", "output")
+    device: str = opt("auto", "auto, cpu or cuda[:N]", "output")
+    amp: bool = opt(True, "mixed precision (bf16) on GPU", "output")
+    compile: bool = opt(False, "torch.compile the network (GPU)", "output")
 
     def validate(self) -> "RunConfig":
-        if self.strategy not in STRATEGIES:
-            raise TransferlabError(
-                f"--strategy '{self.strategy}' is not known: choose one of {', '.join(STRATEGIES)}")
-        parse_head(self.head)
-        for key in ("epochs", "patience", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise TransferlabError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if self.image_size is not None and not 16 <= int(self.image_size) <= 2048:
-            raise TransferlabError(f"--image-size {self.image_size} is outside 16..2048 pixels")
-        if not 0 <= self.dropout < 1:
-            raise TransferlabError(f"--dropout {self.dropout} is outside [0, 1)")
-        if self.lr <= 0:
-            raise TransferlabError(f"--lr must be positive, got {self.lr}")
+        def bad(option: str, why: str):
+            raise TransferlabError(f"--{option.replace('_', '-')} {getattr(self, option)} {why}")
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise TransferlabError(f"--{f.name.replace('_', '-')} '{value}' is not known: choose one "
+                                       f"of {', '.join(choices)}")
+        if self.head is not None:
+            parse_head(self.head)
+        for key in ("epochs", "head_epochs", "patience"):
+            if getattr(self, key) is not None and int(getattr(self, key)) < (0 if key == "head_epochs" else 1):
+                bad(key, "must be at least " + ("0" if key == "head_epochs" else "1"))
+        if self.batch_size < 1:
+            bad("batch_size", "must be at least 1")
+        if self.image_size is not None and not 8 <= int(self.image_size) <= 2048:
+            bad("image_size", "is outside 8..2048 pixels")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            bad("dropout", "is outside [0, 1)")
+        for key in ("lr", "weight_decay"):
+            value = getattr(self, key)
+            if value is not None and (value < 0 or (key == "lr" and value == 0)):
+                bad(key, "must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "is outside [0, 1)")
+        if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
+            bad("unfreeze", "is not a number of stages or 'all'")
+        if self.reinit < 1:
+            bad("reinit", "must be at least 1")
+        if not 0 < self.backbone_lr_mult <= 1:
+            bad("backbone_lr_mult", "is outside (0, 1]")
+        self.milestone_list()
         return self
+
+    def milestone_list(self) -> tuple[int, ...]:
+        try:
+            return tuple(sorted(int(m) for m in str(self.milestones).split(",") if m.strip()))
+        except ValueError:
+            raise TransferlabError(f"--milestones '{self.milestones}' is not a comma-separated list of "
+                                   "epochs such as 25,50") from None
+
+    def class_list(self) -> list[str]:
+        return [c.strip() for c in str(self.classes).split(",") if c.strip()]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,9 +145,18 @@ class RunConfig:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise TransferlabError(
                     f"{origin}: unknown key '{key}'{hint}; known keys: {', '.join(sorted(known))}")
-        # Paths given as pathlib objects are stored as text, so config.yaml stays plain YAML.
-        values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
-        return cls(**values).validate()
+        # Paths given as pathlib objects are stored as text, so config.yaml stays plain YAML;
+        # lists (classes, milestones) are stored comma-separated like their options.
+        clean = {}
+        for k, v in values.items():
+            if isinstance(v, os.PathLike):
+                v = os.fspath(v)
+            elif isinstance(v, (list, tuple)) and k in ("classes", "milestones"):
+                v = ",".join(str(x) for x in v)
+            elif k == "unfreeze" and v is not None:
+                v = str(v)
+            clean[k] = v
+        return cls(**clean).validate()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
@@ -84,5 +172,5 @@ class RunConfig:
 
     def model_options(self) -> dict:
         """The arguments of ImageClassifier this configuration sets."""
-        skip = {"data", "val_fraction", "test_fraction", "out", "name"}
+        skip = {"data", "val_fraction", "test_fraction", "classes", "cifar_labels", "out", "name"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -1,4 +1,7 @@
-"""Classifiers fitted on cached features, returned as torch heads so every model predicts one way."""
+"""Logistic regression on cached features, written into a torch head so every model predicts one way.
+
+(An MLP head on features trains with the engine like any other head.)
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
-from .engine import Phase, run_phase
 
 # Inverse regularisation strengths tried for logistic regression on standardised features.
 C_GRID = np.logspace(-4, 1, 11)
@@ -83,26 +85,3 @@ def _as_multiclass(model, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     else:
         weight[model.classes_], bias[model.classes_] = coef, intercept
     return weight, bias
-
-
-def fit_mlp(head: nn.Module, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
-            y_val: np.ndarray | None, phase: Phase, batch_size: int, seed: int,
-            progress: bool = True) -> dict:
-    """Train `head` on feature vectors with the engine (early stopping on val loss when there is val)."""
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-
-    def train_batches(epoch: int):
-        order = torch.randperm(len(xt), generator=gen)
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            yield xt[idx], yt[idx]
-
-    val_batches = None
-    if x_val is not None:
-        xv, yv = torch.from_numpy(x_val), torch.from_numpy(y_val)
-        val_batches = lambda: ((xv[s:s + 256], yv[s:s + 256]) for s in range(0, len(xv), 256))  # noqa: E731
-    result = run_phase(head, list(head.parameters()), phase, train_batches, val_batches, progress)
-    head.eval()
-    return {"classifier": "mlp head", "best_epoch": result.best_epoch, "history": result.history}

@@ -8,6 +8,7 @@ Nothing here decodes pixels; that is `decode.py`'s job.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -92,26 +93,53 @@ class Source:
         return {s for s in self.splits if s is not None}
 
 
-def load_source(data: str | os.PathLike) -> Source:
-    """Read a folder, a .csv file or a demo set name into a Source, with one-line errors."""
+def load_source(data: str | os.PathLike, cifar_labels: str = "fine",
+                classes: list[str] | None = None) -> Source:
+    """Read a folder, a .csv file, a CIFAR archive or a demo set name into a Source.
+
+    `classes` keeps only those classes (in the given names' sorted order); errors are one line.
+    """
+    from .cifar import is_cifar, load_cifar
+
     text = str(data)
-    if text in DEMO_SETS:
-        return _digits()
     path = Path(text).expanduser()
-    if not path.exists():
+    if text in DEMO_SETS:
+        source = _digits()
+    elif not path.exists():
         raise TransferlabError(
             f"data '{text}' does not exist: pass a folder with one sub-folder per class, "
-            f"a .csv file of path,label, or one of the demo sets: {', '.join(DEMO_SETS)}")
-    if path.is_file():
+            f"a .csv file of path,label, a CIFAR archive, or one of the demo sets: {', '.join(DEMO_SETS)}")
+    elif is_cifar(path):
+        source = load_cifar(path, cifar_labels)
+    elif path.is_file():
         if path.suffix.lower() != ".csv":
             raise TransferlabError(
-                f"data '{text}' is a file but not a .csv: pass a folder with one sub-folder per "
-                "class, or a .csv file with rows of path,label")
+                f"data '{text}' is a file but neither a .csv nor a CIFAR archive: pass a folder with "
+                "one sub-folder per class, or a .csv file with rows of path,label")
         source = _csv(path)
     else:
         source = _folder(path)
+    if classes:
+        source = _keep_classes(source, classes)
     _check_classes(source)
     return source
+
+
+def _keep_classes(source: Source, keep: list[str]) -> Source:
+    images = source.images
+    unknown = [c for c in keep if c not in images.classes]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], images.classes, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TransferlabError(f"--classes: '{unknown[0]}' is not a class of '{source.root}'{hint}; "
+                               f"it has {', '.join(images.classes[:20])}" + (" ..." if len(images.classes) > 20 else ""))
+    kept = sorted(set(keep), key=images.classes.index)
+    index = np.array([images.classes.index(c) for c in kept])
+    remap = np.full(len(images.classes), -1)
+    remap[index] = np.arange(len(kept))
+    chosen = np.flatnonzero(remap[images.labels] >= 0)
+    subset = ImageSet([images.images[i] for i in chosen], remap[images.labels[chosen]], kept, images.name)
+    return Source(subset, [source.splits[i] for i in chosen], source.root, source.ignored)
 
 
 def _is_hidden(name: str) -> bool:

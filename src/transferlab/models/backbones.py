@@ -24,6 +24,9 @@ def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
     names = set(timm.list_models(pretrained=False))
     if pretrained:
         names = {n.split(".")[0] for n in timm.list_models(pretrained=True)} | set(PACKAGED)
+    from .scratch import SCRATCH_MODELS
+
+    names |= set(SCRATCH_MODELS)
     pattern = pattern.lower()
     return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern))
 
@@ -31,9 +34,11 @@ def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
 def check_backbone(name: str) -> None:
     import timm
 
-    if timm.is_model(name.split(".")[0]):
+    from .scratch import SCRATCH_MODELS
+
+    if name in SCRATCH_MODELS or timm.is_model(name.split(".")[0]):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, timm.list_models() + list(SCRATCH_MODELS), n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise TransferlabError(
         f"unknown backbone '{name}': {hint}list names with `transferlab backbones '*{name[:4]}*'`")
@@ -45,8 +50,14 @@ def create_backbone(name: str, weights: str = "auto", image_size: int | None = N
     where its weights came from."""
     import timm
 
+    from .scratch import SCRATCH_MODELS, create_scratch
+
     check_backbone(name)
     torch.manual_seed(seed)  # --weights none must give the same network for the same seed
+    if name in SCRATCH_MODELS:
+        model = create_scratch(name, image_size or 32)
+        preprocess = Preprocess.from_timm_config(model.pretrained_cfg, image_size)
+        return model, preprocess, WeightsInfo("none", f"none:seed{seed}", f"random initialisation (seed {seed})")
     model = timm.create_model(name, pretrained=False)
     model, info = load_weights(model, name, weights, seed)
     preprocess = Preprocess.from_timm_config(timm.data.resolve_model_data_config(model), image_size)

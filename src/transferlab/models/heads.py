@@ -1,4 +1,4 @@
-"""Classifier heads on pooled features: linear, or an MLP given as `mlp:1024,512`."""
+"""Classifier heads on pooled features: linear, or an MLP (`mlp:1024,512`, `mlp-bn:512,256`)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,26 @@ from ..errors import TransferlabError
 if TYPE_CHECKING:
     from torch import nn
 
-HEAD_HELP = "'linear' or 'mlp:H1,H2,...' (hidden sizes), e.g. mlp:512"
+HEAD_HELP = ("'linear', 'mlp:H1,H2,...' (hidden sizes), e.g. mlp:512, "
+             "or 'mlp-bn:H1,H2,...' (BatchNorm after each hidden layer), e.g. mlp-bn:512,256")
+
+_MLP_KINDS = ("mlp", "mlp-bn")
 
 
 def parse_head(spec: str) -> tuple[str, list[int]]:
-    """'linear' -> ('linear', []); 'mlp:1024,512' -> ('mlp', [1024, 512]); 'mlp' -> ('mlp', [512])."""
+    """'linear' -> ('linear', []); 'mlp:1024,512' -> ('mlp', [1024, 512]); 'mlp' -> ('mlp', [512]);
+    'mlp-bn:512,256' -> ('mlp-bn', [512, 256]); 'mlp-bn' -> ('mlp-bn', [512])."""
     kind, _, sizes = spec.strip().partition(":")
-    kind = kind.lower()
+    kind = kind.strip().lower()
     if kind == "linear" and not sizes:
         return "linear", []
-    if kind == "mlp":
+    if kind in _MLP_KINDS:
         try:
             hidden = [int(s) for s in sizes.split(",") if s.strip()] if sizes else [512]
         except ValueError:
             hidden = []
         if hidden and all(h > 0 for h in hidden):
-            return "mlp", hidden
+            return kind, hidden
     raise TransferlabError(f"--head '{spec}' is not understood: use {HEAD_HELP}")
 
 
@@ -32,10 +36,16 @@ def build_head(spec: str, in_features: int, num_classes: int, dropout: float = 0
     from torch import nn  # here, not at the top: option parsing must not wait for torch
 
     kind, hidden = parse_head(spec)
+    batch_norm = kind == "mlp-bn"
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        if batch_norm:
+            # The BatchNorm shift makes a bias in the Linear before it redundant.
+            layers += [nn.Linear(width, h, bias=False), nn.BatchNorm1d(h)]
+        else:
+            layers.append(nn.Linear(width, h))
+        layers.append(nn.ReLU(inplace=True))
         width = h
         if dropout > 0:
             layers.append(nn.Dropout(dropout))

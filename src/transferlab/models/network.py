@@ -16,10 +16,15 @@ class Normalize(nn.Module):
 
     def __init__(self, mean, std):
         super().__init__()
+        self.register_buffer("scale", torch.empty(1, 3, 1, 1))
+        self.register_buffer("shift", torch.empty(1, 3, 1, 1))
+        self.set_stats(mean, std)
+
+    def set_stats(self, mean, std) -> None:
         mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std))
-        self.register_buffer("shift", -mean / std)
+        self.scale.copy_(1.0 / (255.0 * std))
+        self.shift.copy_(-mean / std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, x.to(self.scale.dtype), self.scale)

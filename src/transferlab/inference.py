@@ -1,0 +1,36 @@
+"""Running a fitted network over images: decode, centre crop, forward in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.cache import iter_decoded
+from .data.decode import UnreadableImage
+from .data.sources import ImageRef
+from .models.network import Network, to_batch
+from .models.preprocess import Preprocess
+
+
+def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, batch_size: int = 32,
+                   device: str = "cpu", progress: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray, list[UnreadableImage]]:
+    """(softmax probabilities of the readable images, mask of readable images, failures)."""
+    network.eval().to(device).to(memory_format=torch.channels_last)
+    ok = np.zeros(len(images), dtype=bool)
+    failures: list[UnreadableImage] = []
+    rows: list[np.ndarray] = []
+    bar = tqdm(total=len(images), desc="predict", unit="img", leave=False, disable=not progress or None)
+    with torch.inference_mode():
+        for positions, pixels, failed in iter_decoded(images, pre.resize_size, pre.interpolation, batch_size):
+            failures += failed
+            if pixels:
+                x = to_batch([pre.center_crop(p) for p in pixels]).to(device)
+                rows.append(torch.softmax(network(x).float(), 1).cpu().numpy())
+                ok[positions] = True
+            bar.update(len(positions) + len(failed))
+    bar.close()
+    classes = network.head[-1].out_features if isinstance(network.head, torch.nn.Sequential) else 0
+    proba = np.concatenate(rows) if rows else np.zeros((0, classes), np.float32)
+    return proba, ok, failures

@@ -1,0 +1,1 @@
+"""Reports on a run: figures and summaries written next to its results."""
