@@ -23,7 +23,7 @@ RECIPES: dict[str, dict] = {
                      optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0),
     "reinit": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
                    augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
-    "scratch": dict(backbone="basenet", image_size=32, dropout=0.5, epochs=30, patience=10, lr=0.05,
+    "scratch": dict(backbone="basenet", image_size=32, dropout=0.5, epochs=30, patience=10, lr=0.02,
                     optimizer="sgd", augment="classic", featurewise_norm=True, head_epochs=0,
                     warmup_epochs=0.0),
 }
