@@ -65,7 +65,7 @@ def test_in_phase_two_only_the_unfrozen_stages_and_the_head_change(setup):
     unfrozen = {"backbone." + n for n in last_stages(net.backbone, 2)}
     assert unfrozen and len(unfrozen) < len([n for n, _ in net.backbone.named_parameters()])
     before_bn, before = _bn_stats(net.backbone), _params(net)
-    result, _ = fit_network(net, cfg, pre, train, val, progress=False)
+    result, _, _ = fit_network(net, cfg, pre, train, val, progress=False)
     assert [r["phase"] for r in result.history] == ["head", "finetune", "finetune"]
     after = _params(net)
     for name in before:
@@ -258,28 +258,34 @@ def test_a_trained_run_writes_history_curves_and_no_leftover_checkpoint(tmp_path
 CHILD = """
 import os, signal, sys
 import transferlab
+from transferlab import prefix_cache
 from transferlab.data import loader
 
-original = loader.PixelBatches.batches
 epochs_started = [0]
 
-def dying(self, seed):
-    if self.augment is not None:          # a training pass
-        epochs_started[0] += 1
-    for k, batch in enumerate(original(self, seed)):
-        if epochs_started[0] == 4 and k == 1:
-            os.kill(os.getpid(), signal.SIGKILL)   # killed mid-epoch, no clean-up of any kind
-        yield batch
+def dying(original):
+    def batches(self, seed):
+        training = getattr(self, "shuffle", False)
+        if training:
+            epochs_started[0] += 1
+        for k, batch in enumerate(original(self, seed)):
+            if training and epochs_started[0] == 4 and k == 1:
+                os.kill(os.getpid(), signal.SIGKILL)   # killed mid-epoch, no clean-up of any kind
+            yield batch
+    return batches
 
-loader.PixelBatches.batches = dying
+loader.PixelBatches.batches = dying(loader.PixelBatches.batches)
+prefix_cache.CachedActivations.batches = dying(prefix_cache.CachedActivations.batches)
 transferlab.train(sys.argv[1], out=sys.argv[2], name="interrupted", **{OPTIONS})
 """
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, colour_folder):
+@pytest.mark.parametrize("cached", [True, False], ids=["cached-prefix", "pixels"])
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, colour_folder, cached):
     data = colour_folder(tmp_path / "data", RGB, 12, 40)
+    options = {**FAST, "prefix_cache": cached}
     child = tmp_path / "child.py"
-    child.write_text(CHILD.replace("{OPTIONS}", repr(FAST)))
+    child.write_text(CHILD.replace("{OPTIONS}", repr(options)))
     proc = subprocess.run([sys.executable, str(child), str(data), str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -289,7 +295,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, colour_fol
         transferlab.ImageClassifier.load(interrupted)
     resumed = transferlab.train(resume=interrupted, progress=False)
     assert [r["epoch"] for r in resumed.classifier.history_] == [1, 2, 3, 4, 5]
-    whole = transferlab.train(data, out=tmp_path / "runs", name="whole", **FAST)
+    assert resumed.metrics["fit"]["path"].startswith("cached prefix" if cached else "pixels")
+    whole = transferlab.train(data, out=tmp_path / "runs", name="whole", **options)
     a, b = load_file(resumed.path / "model.safetensors"), load_file(whole.path / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (resumed.path / "checkpoint.pt").exists()

@@ -75,7 +75,9 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         path.mkdir(parents=True)
         write_yaml(path / "config.yaml", config.to_dict())
     try:
-        clf.fit(splits.train, splits.val, run_dir=path, resume=checkpoint)
+        scored = sum(len(part) for name, part in splits.items() if name != "train")
+        clf.fit(splits.train, splits.val, run_dir=path, resume=checkpoint, reserve_images=scored,
+                started=started)
         metrics = _score_splits(clf, splits)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         clf.write_model_files(path)
@@ -156,3 +158,23 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, progre
 def demo(out: str = "runs", progress: bool = True, **options) -> Run:
     """The embedded default: the packaged offline backbone, `features`, on scikit-learn's digits."""
     return train("digits", out=out, name=options.pop("name", "demo-digits"), progress=progress, **options)
+
+
+def layers(backbone: str, input_size: int | None = None, unfreeze: int | str = 1):
+    """Every named module of `backbone` (random weights: shapes do not depend on them) with its
+    output shape for a `input_size` input (default: the backbone's own), parameters and stage."""
+    import timm
+
+    from .models.backbones import check_backbone
+    from .models.scratch import SCRATCH_MODELS, create_scratch
+    from .models.summary import layer_rows
+
+    check_backbone(backbone)
+    if backbone in SCRATCH_MODELS:
+        model = create_scratch(backbone, input_size or 32)
+    else:
+        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    size = input_size or timm.data.resolve_model_data_config(model)["input_size"][-1]
+    if unfreeze != "all" and not str(unfreeze).isdigit():
+        raise TransferlabError(f"--unfreeze {unfreeze} is not a number of stages or 'all'")
+    return layer_rows(model, size, unfreeze)

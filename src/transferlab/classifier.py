@@ -6,6 +6,7 @@ import difflib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from .models.heads import build_head, parse_head
 from .models.network import Network
 from .models.preprocess import Preprocess
 from .models.weights import WeightsInfo
+from .models.tapped import bilinear_network
 from .runs import atomic_dir, read_run_file
 from .strategies import resolve
 from .training import build_network, fit_network, head_only_settings, resolve_device
@@ -67,13 +69,17 @@ class ImageClassifier:
     # -- fitting -----------------------------------------------------------------------------
 
     def fit(self, train, val=None, *, run_dir: str | os.PathLike | None = None,
-            resume: dict | None = None) -> "ImageClassifier":
+            resume: dict | None = None, reserve_images: int = 0,
+            started: float | None = None) -> "ImageClassifier":
         """Fit on `train` (an ImageSet, or a folder/CSV/'digits'); `val` guides choices only.
 
         Without `val`, choices are made on the training data alone (cross-validation for
         logistic regression, a held-back slice of train for a trained head or network).
         `run_dir` receives a checkpoint after every epoch; `resume` is a checkpoint to continue.
+        `reserve_images`: how many images will be scored after fitting, so a --budget leaves time;
+        `started`: when the budget's clock started (default: now).
         """
+        started = started or time.perf_counter()
         cfg = resolve(RunConfig.from_dict(self.options(), origin="ImageClassifier"))
         train = self._as_imageset(train, "train")
         val = self._as_imageset(val, "val", train.classes) if val is not None else None
@@ -82,11 +88,12 @@ class ImageClassifier:
         if cfg.strategy == "features":
             self._fit_features(cfg, train, val)
         else:
-            self._fit_network(cfg, train, val, run_dir, resume)
+            self._fit_network(cfg, train, val, run_dir, resume, reserve_images, started)
         self.network_.eval()
         return self
 
-    def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, run_dir, resume) -> None:
+    def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, run_dir, resume,
+                     reserve_images: int, started: float) -> None:
         network, pre, self.weights_ = build_network(cfg, len(self.classes_))
         train, failed = readable(train, pre, cfg.batch_size)
         skipped = [str(f) for f in failed]
@@ -96,13 +103,15 @@ class ImageClassifier:
             val, failed = readable(val, pre, cfg.batch_size)
             skipped += [str(f) for f in failed]
         self.skipped_ = skipped
-        result, self.preprocess_ = fit_network(network, cfg, pre, train, val, run_dir and Path(run_dir),
-                                               resume, self.progress)
+        result, self.preprocess_, path = fit_network(network, cfg, pre, train, val, run_dir and Path(run_dir),
+                                                     resume, self.progress, reserve_images, started)
         self.network_ = network
         self.history_ = result.history
-        self.fit_info_ = {"best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_value,
-                          "phases": result.phases, "train_seconds": round(result.seconds_training, 2),
-                          "train_images_per_second": round(result.images_trained / max(result.seconds_training, 1e-9), 2)}
+        fit_seconds = time.perf_counter() - started
+        self.fit_info_ = {"path": path, "best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_value,
+                          "phases": result.phases, "images_trained": result.images_trained,
+                          "fit_seconds": round(fit_seconds, 2), "train_seconds": round(result.seconds_training, 2),
+                          "train_images_per_second": round(result.images_trained / max(fit_seconds, 1e-9), 2)}
 
     def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None) -> None:
         backbone, self.preprocess_, self.weights_ = create_backbone(cfg.backbone, cfg.weights,
@@ -208,7 +217,8 @@ class ImageClassifier:
         return {
             "format": MODEL_FORMAT, "transferlab_version": __version__,
             "backbone": cfg.backbone, "strategy": cfg.strategy, "head": cfg.head, "dropout": cfg.dropout,
-            "num_features": feature_dim(self.network_.backbone), "image_size": self.preprocess_.input_size,
+            "num_features": (self.network_.head.dim if cfg.strategy == "bilinear"
+                             else feature_dim(self.network_.backbone)), "image_size": self.preprocess_.input_size,
             "classes": self.classes_, "preprocess": self.preprocess_.to_dict(),
             "weights": vars(self.weights_), "params": cfg.model_options(),
         }
@@ -238,8 +248,18 @@ class ImageClassifier:
         clf.classes_ = list(spec["classes"])
         clf.preprocess_ = Preprocess.from_dict(spec["preprocess"])
         clf.weights_ = WeightsInfo(**spec["weights"])
-        head = build_head(spec["head"], spec["num_features"], len(clf.classes_), spec["dropout"])
-        clf.network_ = Network(backbone, head, clf.preprocess_.mean, clf.preprocess_.std)
+        mean, std = clf.preprocess_.mean, clf.preprocess_.std
+        if clf.config_.strategy == "bilinear":
+            net2 = None
+            if clf.config_.backbone2:
+                net2 = timm.create_model(clf.config_.backbone2, pretrained=False)
+                net2.reset_classifier(0)
+            # The second backbone's renormalisation is a saved buffer: any value is overwritten.
+            clf.network_ = bilinear_network(clf.config_, backbone, net2, (mean, std, mean, std), mean, std,
+                                            len(clf.classes_))
+        else:
+            head = build_head(spec["head"], spec["num_features"], len(clf.classes_), spec["dropout"])
+            clf.network_ = Network(backbone, head, mean, std)
         load_model(clf.network_, str(directory / "model.safetensors"), strict=True)
         clf.network_.eval()
         clf.fit_info_, clf.skipped_, clf.history_ = {}, [], []

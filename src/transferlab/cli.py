@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*' (default *)")
     b.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights")
 
+    lay = sub.add_parser("layers", help="a backbone's layers: type, output shape, parameters, stage, Keras name",
+                         description="Every named module of a backbone, from one forward of a dummy image: "
+                                     "what --layer accepts and the stages --unfreeze counts.")
+    lay.add_argument("backbone", help="timm model name (see `transferlab backbones`)")
+    lay.add_argument("--input-size", type=int, help="input size in pixels (default: the backbone's)")
+    lay.add_argument("--filter", help="shell-style wildcard on the layer name, type or Keras name, e.g. 'blocks.5*'")
+    lay.add_argument("--unfreeze", default="1", help="mark what trains with this --unfreeze (default 1)")
+
     d = sub.add_parser("demo", help="the packaged offline backbone + `features` on the digits demo set",
                        description="Train the default backbone on scikit-learn's digits and print the score.")
     d.add_argument("--out", default="runs", help="folder for the run directory (default runs)")
@@ -133,6 +141,15 @@ def _run(args: argparse.Namespace) -> int:
             raise TransferlabError(f"no backbone matches '{args.pattern}': try a wider pattern such as '*{args.pattern.strip('*')[:4]}*'")
         for name in names:
             print(f"{name}  (offline weights)" if name in PACKAGED else name)
+    elif args.command == "layers":
+        from .models.summary import format_rows
+
+        rows = api.layers(args.backbone, args.input_size, args.unfreeze)
+        table = format_rows(rows, args.filter)
+        if table.count("\n") == 0:
+            raise TransferlabError(f"--filter '{args.filter}' matches no layer of {args.backbone}: "
+                                   "try a wildcard such as '*conv*'")
+        print(table)
     elif args.command == "demo":
         run = api.demo(out=args.out, progress=progress)
         print(f"digits demo: {run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")

@@ -14,7 +14,7 @@ import yaml
 from .errors import TransferlabError
 from .models.heads import HEAD_HELP, parse_head
 
-STRATEGIES = ("features", "frozen", "finetune", "reinit", "scratch")
+STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch")
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # the packaged offline weights; works without a network
 AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
 
@@ -35,14 +35,25 @@ class RunConfig:
                                  "mlp-bn:512,256)", "model")
     dropout: float | None = opt(None, "dropout before the head's last layer(s)", "model")
     image_size: int | None = opt(None, "input size in pixels (default: the backbone's; 32 for scratch)", "model")
-    unfreeze: str = opt("2", "finetune: how many last stages train in phase 2, or 'all' "
+    unfreeze: str = opt("1", "finetune, bilinear: how many last stages train in phase 2, or 'all' "
                              "(`transferlab layers` shows the stages)", "model")
     reinit: int = opt(1, "reinit: how many last stages get fresh weights", "model")
-    backbone_lr_mult: float = opt(0.1, "finetune: backbone learning rate as a fraction of the head's", "model")
+    layer: str | None = opt(None, "bilinear: the layer to tap, or two (A,B) for an asymmetric head; a module "
+                                  "name, stage-1 (last stage), stage-2, ..., or a Keras name such as "
+                                  "block5_conv3 (default: VGG block5_conv3, EfficientNet its last block "
+                                  "stage, otherwise stage-1)", "bilinear")
+    backbone2: str | None = opt(None, "bilinear: a second backbone; --layer A,B then taps B in it", "bilinear")
+    weights2: str = opt("auto", "bilinear: weights of --backbone2 (same sources as --weights)", "bilinear")
+    branch_dropout: str = opt("0", "bilinear: dropout on each branch before the outer product, one value "
+                                   "or two (e.g. 0.5,0.5)", "bilinear")
+    bilinear_reduce: int | None = opt(None, "bilinear: 1x1 convolution to this many channels first", "bilinear")
+    sketch_dim: int | None = opt(None, "bilinear: compact pooling (Tensor Sketch) to this many features "
+                                       "instead of C1*C2, e.g. 8192", "bilinear")
+    backbone_lr_mult: float = opt(0.1, "finetune, bilinear: backbone learning rate as a fraction of the head's", "model")
     bn_update: bool = opt(False, "let unfrozen BatchNorm layers update their statistics", "model")
 
     epochs: int | None = opt(None, "epochs (finetune: of phase 2; early stopping may end sooner)")
-    head_epochs: int | None = opt(None, "finetune: epochs of phase 1, head only")
+    head_epochs: int | None = opt(None, "finetune, bilinear: epochs of phase 1, head only")
     lr: float | None = opt(None, "learning rate of the head (and of everything for scratch)")
     optimizer: str | None = opt(None, "adamw, sgd, adam or rmsprop (default adamw; sgd for scratch)")
     weight_decay: float | None = opt(None, "weight decay (default 0.01 for adam(w), 5e-4 otherwise)")
@@ -59,6 +70,10 @@ class RunConfig:
     patience: int | None = opt(None, "epochs without improvement before stopping (default 10; 5 for finetune)")
     min_delta: float = opt(1e-4, "smallest change that counts as an improvement")
     batch_size: int = opt(32, "images per batch")
+    budget: float | None = opt(None, "minutes the run may take: epochs end early to fit (plus at most one epoch)")
+    prefix_cache: bool = opt(True, "run the frozen front of the network once per cached view instead of every epoch")
+    cache_views: int = opt(4, "augmented views per training image in the prefix cache")
+    cache_memory_mb: int = opt(2048, "memory for the prefix cache; beyond it the cache goes to disk")
     seed: int = opt(0, "seed for splits, order, augmentation and initialisation")
 
     augment: str | None = opt(None, "none, standard, classic (Keras-style shifts) or randaugment "
@@ -116,12 +131,34 @@ class RunConfig:
             bad("label_smoothing", "is outside [0, 1)")
         if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
             bad("unfreeze", "is not a number of stages or 'all'")
+        if self.budget is not None and self.budget <= 0:
+            bad("budget", "must be a positive number of minutes")
+        if self.cache_views < 1:
+            bad("cache_views", "must be at least 1")
         if self.reinit < 1:
             bad("reinit", "must be at least 1")
         if not 0 < self.backbone_lr_mult <= 1:
             bad("backbone_lr_mult", "is outside (0, 1]")
         self.milestone_list()
+        self.branch_dropouts()
+        for key in ("bilinear_reduce", "sketch_dim"):
+            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
+                bad(key, "must be a positive number of channels or features")
+        if self.layer is not None and len([s for s in self.layer.split(",") if s.strip()]) not in (1, 2):
+            bad("layer", "must name one layer or two (A,B)")
         return self
+
+    def branch_dropouts(self) -> tuple[float, float]:
+        try:
+            values = [float(v) for v in str(self.branch_dropout).split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if len(values) == 1:
+            values *= 2
+        if len(values) != 2 or not all(0 <= v < 1 for v in values):
+            raise TransferlabError(f"--branch-dropout '{self.branch_dropout}' must be one or two rates in "
+                                   "[0, 1), e.g. 0.5 or 0.5,0.5")
+        return values[0], values[1]
 
     def milestone_list(self) -> tuple[int, ...]:
         try:
@@ -153,7 +190,7 @@ class RunConfig:
                 v = os.fspath(v)
             elif isinstance(v, (list, tuple)) and k in ("classes", "milestones"):
                 v = ",".join(str(x) for x in v)
-            elif k == "unfreeze" and v is not None:
+            elif k in ("unfreeze", "branch_dropout") and v is not None:
                 v = str(v)
             clean[k] = v
         return cls(**clean).validate()

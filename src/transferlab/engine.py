@@ -133,8 +133,12 @@ def load_checkpoint(directory: Path) -> dict | None:
 class Trainer:
     def __init__(self, network: nn.Module, settings: TrainSettings, checkpoint_dir: Path | None = None,
                  progress: bool = True, mix: Callable | None = None, fingerprint: str = "",
-                 on_epoch: Callable[[dict], None] | None = None):
+                 on_epoch: Callable[[dict], None] | None = None,
+                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 deadline: float | None = None):
         self.network = network
+        self.forward = forward or network       # what a batch goes through (a cached prefix skips the front)
+        self.deadline = deadline                # time.perf_counter() by which training must end
         self.s = settings
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.progress = progress
@@ -163,9 +167,11 @@ class Trainer:
             net.load_state_dict(resume["model"])
         sign = -1.0 if self.s.monitor == "val_accuracy" else 1.0
         trained_seconds, trained_images = 0.0, 0
+        last_epoch_seconds: float | None = None
         for pi, phase in enumerate(phases):
             if pi < start_phase:
                 continue
+            phase_deadline = self._phase_deadline(phases, pi)
             params = apply_phase(net, phase)
             optimizer = build_optimizer(
                 [([(n, p) for n, p in params if n in set(names)], lr) for names, lr in phase.groups],
@@ -180,6 +186,15 @@ class Trainer:
                     schedule.load_state_dict(resume["schedule"])
             stop = False
             for e in range(first, phase.epochs):
+                if (phase_deadline is not None and last_epoch_seconds is not None
+                        and time.perf_counter() + last_epoch_seconds > phase_deadline):
+                    log.info(f"{phase.name}: the time budget allows no more epochs")
+                    if e == first:
+                        break  # nothing ran in this phase: nothing to restore or checkpoint
+                    if best["state"] is not None:
+                        net.load_state_dict(best["state"])
+                    self._checkpoint((pi + 1, 0), history, best, waited, optimizer, schedule)
+                    break
                 torch.manual_seed(epoch_seed(self.s.seed, pi, e))
                 started = time.perf_counter()
                 row = self._train_epoch(phase, pi, e, train, optimizer, schedule)
@@ -187,7 +202,8 @@ class Trainer:
                 trained_images += row.pop("images")
                 if val is not None:
                     row["val_loss"], row["val_accuracy"] = self.evaluate(val)
-                row["seconds"] = round(time.perf_counter() - started, 3)
+                last_epoch_seconds = time.perf_counter() - started
+                row["seconds"] = round(last_epoch_seconds, 3)
                 row["epoch"] = len(history) + 1
                 history.append(row)
                 improved = False
@@ -218,8 +234,16 @@ class Trainer:
         return FitResult(history, best_epoch, sign * best["value"] if best["state"] is not None else math.nan,
                          trained_seconds, trained_images, [p.name for p in phases])
 
+    def _phase_deadline(self, phases: list[Phase], pi: int) -> float | None:
+        """The remaining time, shared among the remaining phases in proportion to their epochs."""
+        if self.deadline is None:
+            return None
+        remaining = [p.epochs for p in phases[pi:]]
+        now = time.perf_counter()
+        return now + max(self.deadline - now, 0.0) * remaining[0] / max(sum(remaining), 1)
+
     def _train_epoch(self, phase: Phase, pi: int, e: int, train: BatchSource, optimizer, schedule) -> dict:
-        net = self.network
+        net = self.forward
         total = correct = 0
         loss_sum = 0.0
         bar = tqdm(train.batches(epoch_seed(self.s.seed, pi, e)), total=len(train), leave=False,
@@ -249,16 +273,15 @@ class Trainer:
 
     def evaluate(self, data: BatchSource) -> tuple[float, float]:
         """Mean loss and accuracy with the network in eval mode (modes restored afterwards)."""
-        net = self.network
-        modes = {m: m.training for m in net.modules()}
-        net.eval()
+        modes = {m: m.training for m in self.network.modules()}
+        self.network.eval()
         total = correct = 0
         loss_sum = 0.0
         try:
             with torch.inference_mode(), self._autocast():
                 for x, y in data.batches(0):
                     x, y = self._to_device(x), y.to(self.device)
-                    logits = net(x).float()
+                    logits = self.forward(x).float()
                     loss_sum += float(self.loss_fn(logits, y)) * len(y)
                     correct += int((logits.argmax(1) == y).sum())
                     total += len(y)

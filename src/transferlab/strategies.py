@@ -23,6 +23,8 @@ RECIPES: dict[str, dict] = {
                      optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0),
     "reinit": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
                    augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
+    "bilinear": dict(head="linear", dropout=0.5, epochs=10, head_epochs=5, patience=5, lr=1e-3,
+                     optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0),
     "scratch": dict(backbone="basenet", image_size=32, dropout=0.5, epochs=30, patience=10, lr=0.02,
                     optimizer="sgd", augment="classic", featurewise_norm=True, head_epochs=0,
                     warmup_epochs=0.0),
@@ -40,6 +42,10 @@ def resolve(config: RunConfig) -> RunConfig:
     if config.strategy == "scratch" and not is_scratch:
         raise TransferlabError(f"--strategy scratch trains a small network from random weights: use "
                                f"--backbone {' or '.join(SCRATCH_MODELS)} (got '{backbone}')")
+    if config.backbone2 and config.strategy != "bilinear":
+        raise TransferlabError("--backbone2 is for --strategy bilinear (an asymmetric bilinear head)")
+    if config.backbone2 in SCRATCH_MODELS:
+        raise TransferlabError(f"--backbone2 {config.backbone2} has no pretrained weights: use a timm backbone")
     if is_scratch and config.strategy != "scratch":
         raise TransferlabError(f"--backbone {backbone} has no pretrained weights: use it with "
                                "--strategy scratch")
@@ -80,6 +86,14 @@ def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
         result.append(Phase("finetune", config.epochs, [(head, lr), (unfrozen, lr * config.backbone_lr_mult)],
                             bn, config.warmup_epochs))
         return result
+    if s == "bilinear":
+        # Phase 1 trains the bilinear head on the frozen cut network; phase 2 also the last
+        # stages below each tap, at the backbone's reduced rate.
+        unfrozen = ["backbone." + n for n in network.backbone.last_stages(config.unfreeze)]
+        bn = _batchnorms(network, unfrozen) if config.bn_update else ()
+        result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
+        return result + [Phase("finetune", config.epochs, [(head, lr), (unfrozen, lr * config.backbone_lr_mult)],
+                      bn, config.warmup_epochs)]
     if s == "reinit":
         fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit)]
         # Fresh BatchNorm layers have no statistics worth keeping: they must learn them.

@@ -36,6 +36,19 @@ def readable(images: ImageSet, preprocess: Preprocess, batch_size: int = 64,
     return images.subset(np.flatnonzero(ok)), failures
 
 
+def epoch_order(labels: np.ndarray, gen: torch.Generator, shuffle: bool, balanced: bool) -> np.ndarray:
+    """Which images an epoch visits, in which order: as stored, shuffled, or class-balanced."""
+    n = len(labels)
+    if balanced:
+        # Each class drawn equally often (with replacement): 1 / class count per image.
+        counts = np.bincount(labels)
+        weights = torch.from_numpy(1.0 / counts[labels])
+        return torch.multinomial(weights, n, replacement=True, generator=gen).numpy()
+    if shuffle:
+        return torch.randperm(n, generator=gen).numpy()
+    return np.arange(n)
+
+
 @contextmanager
 def one_torch_thread():
     """Per-image tensor ops are ~10x slower with several intra-op threads (measured: 7 ms vs
@@ -66,16 +79,7 @@ class PixelBatches:
         return math.ceil(len(self.images) / self.batch_size)
 
     def order(self, seed: int) -> np.ndarray:
-        n = len(self.images)
-        gen = torch.Generator().manual_seed(seed)
-        if self.balanced:
-            # Each class drawn equally often (with replacement): 1 / class count per image.
-            counts = np.bincount(self.images.labels, minlength=len(self.images.classes))
-            weights = torch.from_numpy(1.0 / counts[self.images.labels])
-            return torch.multinomial(weights, n, replacement=True, generator=gen).numpy()
-        if self.shuffle:
-            return torch.randperm(n, generator=gen).numpy()
-        return np.arange(n)
+        return epoch_order(self.images.labels, torch.Generator().manual_seed(seed), self.shuffle, self.balanced)
 
     def _pixels(self, idx: np.ndarray) -> list[np.ndarray]:
         refs = self.images.images

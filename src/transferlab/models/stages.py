@@ -46,6 +46,11 @@ def module_chain(backbone: nn.Module, probe_size: int = 64) -> list[tuple[str, n
             chain += [(f"{name}.{sub}", m) for sub, m in child.named_children()]
         else:
             chain.append((name, child))
+    return chain if reproduces(backbone, chain, probe_size) else None
+
+
+def reproduces(backbone: nn.Module, chain: list[tuple[str, nn.Module]], probe_size: int = 64) -> bool:
+    """Whether running `chain` in turn gives backbone(x), on a random input in eval mode."""
     was_training = backbone.training
     backbone.eval()
     try:
@@ -55,9 +60,8 @@ def module_chain(backbone: nn.Module, probe_size: int = 64) -> list[tuple[str, n
             out = x
             for _, module in chain:
                 out = module(out)
-        ok = out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+        return out.shape == expected.shape and torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
     except Exception:  # a model that cannot run the probe this way cannot be cut this way either
-        ok = False
+        return False
     finally:
         backbone.train(was_training)
-    return chain if ok else None
