@@ -245,7 +245,8 @@ FAST = dict(backbone="mobilenetv2_050", weights="none", image_size=32, batch_siz
 def test_a_trained_run_writes_history_curves_and_no_leftover_checkpoint(tmp_path, colour_folder):
     run = transferlab.train(colour_folder(tmp_path / "data", RGB, 12, 40), out=tmp_path / "runs", name="r", **FAST)
     names = sorted(p.name for p in run.path.iterdir())
-    assert names == ["config.yaml", "curves.png", "history.csv", "metrics.json", "model.json", "model.safetensors"]
+    assert names == ["config.yaml", "curves.png", "history.csv", "metrics.json", "model.json", "model.safetensors",
+                     "report.html"]
     assert run.metrics["fit"]["phases"] == ["head", "finetune"]
     assert len(run.classifier.history_) == 5
     saved = RunConfig.from_yaml(run.path / "config.yaml")

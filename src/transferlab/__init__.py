@@ -8,7 +8,7 @@ _EXPORTS = {
     "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.sources",
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
-    "layers": "api",
+    "layers": "api", "compare": "api",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,7 +17,9 @@ from .data.split import split_source
 from .errors import TransferlabError
 from .evaluate import compute_metrics, format_metrics
 from .engine import CHECKPOINT, load_checkpoint
+from .data.decode import UnreadableImage, decode
 from .report.curves import plot_curves
+from .report.html import GalleryItem, write_run_report
 from .runs import default_run_name, unique_dir, write_history, write_json, write_yaml
 from .strategies import resolve
 
@@ -78,12 +80,13 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         scored = sum(len(part) for name, part in splits.items() if name != "train")
         clf.fit(splits.train, splits.val, run_dir=path, resume=checkpoint, reserve_images=scored,
                 started=started)
-        metrics = _score_splits(clf, splits)
+        metrics, held_out = _score_splits(clf, splits)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         clf.write_model_files(path)
         write_history(path / "history.csv", clf.history_)
         if clf.history_:
             plot_curves(clf.history_, path / "curves.png")
+        write_run_report(path, config.to_dict(), metrics, clf.history_, worst_mistakes(*held_out, clf.classes_))
         write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
         (path / CHECKPOINT).unlink(missing_ok=True)
     except BaseException:
@@ -102,8 +105,9 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
     return Run(path, metrics, clf)
 
 
-def _score_splits(clf: ImageClassifier, splits) -> dict:
-    """Metrics on val and test, and on train where that is cheap (cached features)."""
+def _score_splits(clf: ImageClassifier, splits) -> tuple[dict, tuple]:
+    """Metrics on val and test, and on train where that is cheap (cached features); and the
+    score split's (readable images, labels, probabilities) for the report's gallery."""
     metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "splits": {},
                "fit": dict(clf.fit_info_)}
     skipped = list(clf.skipped_)
@@ -117,10 +121,29 @@ def _score_splits(clf: ImageClassifier, splits) -> dict:
         metrics["splits"][name] = {"images": len(part), "readable": int(ok.sum()),
                                    "from": splits.origins.get(name, "")}
         metrics[name] = compute_metrics(part.labels[ok], proba, clf.classes_)
+        if name == splits.score_split:
+            held_out = ([im for im, good in zip(part.images, ok) if good], part.labels[ok], proba)
     if hasattr(clf, "feature_counts_"):
         metrics["features"] = clf.feature_counts_
     metrics["skipped"] = skipped
-    return metrics
+    return metrics, held_out
+
+
+def worst_mistakes(images: list, labels: np.ndarray, proba: np.ndarray, classes: list[str],
+                   count: int = 12) -> list[GalleryItem]:
+    """The most confidently misclassified images, most confident first, as report thumbnails."""
+    predicted = proba.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:count]
+    items = []
+    for i in wrong:
+        try:
+            pixels = decode(images[i].source, 160)
+        except UnreadableImage:
+            continue  # it was read for scoring; a file changed since is no reason to fail the run
+        items.append(GalleryItem(pixels, classes[labels[i]], classes[predicted[i]],
+                                 float(proba[i, predicted[i]]), images[i].name))
+    return items
 
 
 def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True) -> dict:
@@ -158,6 +181,14 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, progre
 def demo(out: str = "runs", progress: bool = True, **options) -> Run:
     """The embedded default: the packaged offline backbone, `features`, on scikit-learn's digits."""
     return train("digits", out=out, name=options.pop("name", "demo-digits"), progress=progress, **options)
+
+
+def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
+            name: str | None = None, first_seed: int = 0, progress: bool = True):
+    """Every config of `grid` once per seed; see transferlab.compare."""
+    from .comparison import compare as run_comparison
+
+    return run_comparison(data, grid, seeds, out, name, first_seed, progress)
 
 
 def layers(backbone: str, input_size: int | None = None, unfreeze: int | str = 1):

@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*' (default *)")
     b.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights")
 
+    c = sub.add_parser("compare", help="every config of a grid, once per seed: mean and std over seeds",
+                       description="Run every config of a grid once per seed (resumable: finished runs are "
+                                   "read back) and write comparison.csv, comparison.md, a chart and report.html.")
+    c.add_argument("data", help="folder, .csv, CIFAR archive or 'digits', as for train")
+    c.add_argument("--grid", required=True, help="YAML: base: {options}, grid: {key: [values]} (full product) "
+                   "and/or configs: [{options}, ...]")
+    c.add_argument("--seeds", type=int, default=3, help="runs per config, seeds 0..N-1 (default 3)")
+    c.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
+    c.add_argument("--out", default="comparisons", help="folder for the comparison (default comparisons)")
+    c.add_argument("--name", help="comparison folder name (default DATA-GRIDNAME; the same name resumes)")
+
     lay = sub.add_parser("layers", help="a backbone's layers: type, output shape, parameters, stage, Keras name",
                          description="Every named module of a backbone, from one forward of a dummy image: "
                                      "what --layer accepts and the stages --unfreeze counts.")
@@ -141,6 +152,12 @@ def _run(args: argparse.Namespace) -> int:
             raise TransferlabError(f"no backbone matches '{args.pattern}': try a wider pattern such as '*{args.pattern.strip('*')[:4]}*'")
         for name in names:
             print(f"{name}  (offline weights)" if name in PACKAGED else name)
+    elif args.command == "compare":
+        from .comparison import markdown_table
+
+        result = api.compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress)
+        print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
+        print(f"comparison: {result.path}")
     elif args.command == "layers":
         from .models.summary import format_rows
 

@@ -96,6 +96,7 @@ class RunConfig:
     cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", ("fine", "coarse"))
     out: str = opt("runs", "folder for run directories", "output")
     name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
+    tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
     feature_cache: bool = opt(True, "read and write the on-disk feature cache", "output")
     cache_dir: str | None = opt(None, "feature cache folder (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)", "output")
     device: str = opt("auto", "auto, cpu or cuda[:N]", "output")

@@ -24,6 +24,7 @@ from .models.heads import build_head
 from .models.network import Network
 from .models.preprocess import Preprocess
 from .models.tapped import bilinear_network
+from .report.tensorboard import epoch_writer
 from .models.weights import WeightsInfo
 from .strategies import phases, reinit_last_stages
 
@@ -90,7 +91,7 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
                              enabled=cfg.prefix_cache, mixing=mix is not None)
     log.info(f"training path: {plan.describe()}")
     device = resolve_device(cfg.device)
-    cache = None
+    cache = board = None
     try:
         if plan.use:
             network.to(device)
@@ -124,12 +125,15 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
             amp=cfg.amp, channels_last=True)
         if cfg.compile:
             network.compile()
+        board = epoch_writer(checkpoint_dir, cfg.tensorboard)
         trainer = Trainer(network, settings, checkpoint_dir, progress, mix, fingerprint(train, val),
-                          forward=forward, deadline=deadline)
+                          on_epoch=board, forward=forward, deadline=deadline)
         result = trainer.fit(strategy_phases, train_src, val_src, resume)
     finally:
         if cache is not None:
             cache.close()
+        if board is not None:
+            board.close()
     network.to("cpu").eval()
     return result, pre, plan.describe()
 

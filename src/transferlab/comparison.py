@@ -1,0 +1,251 @@
+"""`transferlab compare`: every config of a grid, once per seed, in one process, so decoded images
+and cached features are shared; resumable (finished runs are read back, interrupted ones
+continue); summarised as mean and standard deviation over seeds, because one seed lies."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig
+from .errors import TransferlabError
+from .runs import write_text
+
+log = logging.getLogger("transferlab")
+
+GRID_KEYS = ("base", "grid", "configs")
+# Keys a comparison decides itself: every run of it lands in its own folder with its own seed.
+OWNED_KEYS = ("data", "seed", "out", "name")
+METRIC_COLUMNS = ("test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
+                  "best_epoch", "train_seconds", "seeds", "status")
+
+
+@dataclass
+class Grid:
+    base: dict
+    configs: list[dict]  # what each config sets on top of base
+    varied: list[str]    # the keys whose values differ between configs: the table's columns
+
+
+def read_grid(path: str | Path) -> Grid:
+    """grid.yaml: `base` (options, or the path of a config.yaml), and `grid` (key: [values], run as
+    a full product) and/or `configs` (a list of option sets); with both, every listed config runs
+    with every grid combination."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise TransferlabError(f"--grid '{path}' does not exist: write a YAML file with base: and grid: "
+                               "or configs:") from None
+    except yaml.YAMLError as err:
+        raise TransferlabError(f"--grid '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not set(spec) <= set(GRID_KEYS) or not ({"grid", "configs"} & set(spec)):
+        raise TransferlabError(f"--grid '{path}' must be a mapping with 'base' (optional) and 'grid' "
+                               f"(key: [values]) and/or 'configs' (a list of option mappings)")
+    base = spec.get("base") or {}
+    if isinstance(base, str):
+        base = RunConfig.from_yaml(path.parent / base).to_dict()
+    grid = spec.get("grid") or {}
+    listed = spec.get("configs") or [{}]
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise TransferlabError(f"--grid '{path}': 'grid' must map each key to a non-empty list of values")
+    if not isinstance(listed, list) or not all(isinstance(c, dict) for c in listed):
+        raise TransferlabError(f"--grid '{path}': 'configs' must be a list of option mappings")
+    product = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    configs = [{**c, **p} for c in listed for p in product]
+    for c in configs:
+        for key in set(c) | set(base):
+            if key in OWNED_KEYS:
+                raise TransferlabError(f"--grid '{path}': '{key}' is set by compare itself (DATA, --seeds, "
+                                       "--out); remove it from the grid")
+        RunConfig.from_dict({**base, **c}, origin=f"--grid '{path}'")  # unknown keys and bad values now
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    varied = [k for k in keys if len({json.dumps(c.get(k, base.get(k)), sort_keys=True) for c in configs}) > 1]
+    return Grid(base, configs, varied or keys)
+
+
+def config_id(values: dict) -> str:
+    """A readable folder name that is the same every time the same config is compared."""
+    text = "_".join(f"{k}-{v}" for k, v in values.items()) or "base"
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{re.sub(r'[^A-Za-z0-9.=-]+', '-', text)[:60].strip('-')}-{digest}"
+
+
+@dataclass
+class Comparison:
+    path: Path
+    rows: list[dict]
+    columns: list[str]
+
+
+def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
+            name: str | None = None, first_seed: int = 0, progress: bool = True) -> Comparison:
+    from . import api
+    from .data.sources import load_source
+
+    if seeds < 1:
+        raise TransferlabError(f"--seeds {seeds} must be at least 1")
+    spec = read_grid(grid)
+    data_name = load_source(data).images.name  # fails now, once, when DATA is wrong
+    path = Path(out) / (name or f"{data_name}-{Path(grid).stem}")
+    runs = path / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    total, done, started = len(spec.configs) * seeds, 0, time.perf_counter()
+    rows = []
+    for ci, values in enumerate(spec.configs):
+        label = ", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied)
+        results, error = [], None
+        for seed in range(first_seed, first_seed + seeds):
+            done += 1
+            run = runs / f"{config_id(values)}-seed{seed}"
+            elapsed = time.perf_counter() - started
+            log.info(f"[{done}/{total}] config {ci + 1}/{len(spec.configs)} ({label}), seed {seed}; "
+                     f"{total - done} to go after it; {elapsed / 60:.1f} min so far")
+            try:
+                results.append(_run_once(api, data, {**spec.base, **values}, seed, run, progress))
+            except TransferlabError as err:
+                error = str(err)
+            except Exception as err:  # one broken config must not cost the others their results
+                error = f"{type(err).__name__}: {err}"
+            if error:
+                log.warning(f"config {ci + 1} ({label}) failed: {error}")
+                done += first_seed + seeds - 1 - seed  # its other seeds are skipped
+                break
+        rows.append(_row(spec, values, results, error, path))
+    rows = _rank(rows)
+    columns = spec.varied + list(METRIC_COLUMNS)
+    _write_outputs(path, columns, rows, spec.varied, data_name)
+    log.info(f"comparison of {len(rows)} configs x {seeds} seeds written to {path} "
+             f"({(time.perf_counter() - started) / 60:.1f} min)")
+    return Comparison(path, rows, columns)
+
+
+def _run_once(api, data: str, options: dict, seed: int, run: Path, progress: bool) -> dict:
+    """The run's metrics: read back when it finished earlier, continued when it was interrupted."""
+    if (run / "metrics.json").is_file():
+        log.info(f"  finished earlier: {run.name}")
+        return {**json.loads((run / "metrics.json").read_text()), "run": run}
+    if (run / "checkpoint.pt").is_file():
+        return {**api.train(resume=run, progress=progress).metrics, "run": run}
+    if run.exists():
+        shutil.rmtree(run)  # stopped before its first checkpoint: nothing to keep
+    config = RunConfig.from_dict({**options, "data": str(data), "seed": seed, "out": str(run.parent),
+                                  "name": run.name})
+    return {**api.train(config=config, progress=progress).metrics, "run": run}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _row(spec: Grid, values: dict, results: list[dict], error: str | None, path: Path) -> dict:
+    scores = [r[r["score_split"]] for r in results]
+    acc, acc_std = _mean_std([s["accuracy"] for s in scores])
+    loss, loss_std = _mean_std([s["log_loss"] for s in scores])
+    epochs = [r["fit"].get("best_epoch") for r in results if r["fit"].get("best_epoch")]
+    seconds = [r["fit"].get("fit_seconds", r.get("seconds")) for r in results]
+    row = {k: values.get(k, spec.base.get(k, getattr(RunConfig(), k, None))) for k in spec.varied}
+    row.update(test_accuracy_mean=acc, test_accuracy_std=acc_std, test_loss_mean=loss, test_loss_std=loss_std,
+               best_epoch=_mean_std(epochs)[0] if epochs else None,
+               train_seconds=_mean_std([s for s in seconds if s is not None])[0] if seconds else None,
+               seeds=len(results), status="failed" if error else "ok", error=error or "",
+               runs=[str(r["run"].relative_to(path)) for r in results])
+    return row
+
+
+def _rank(rows: list[dict]) -> list[dict]:
+    """Best accuracy first (lower loss breaks ties); failed configs last; the best one marked."""
+    def key(r):
+        ok = r["status"] == "ok"
+        return (not ok, -r["test_accuracy_mean"] if ok else 0, r["test_loss_mean"] if ok else 0)
+
+    rows = sorted(rows, key=key)
+    for i, r in enumerate(rows):
+        r["best"] = i == 0 and r["status"] == "ok"
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def _one_decimal(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _write_outputs(path: Path, columns: list[str], rows: list[dict], varied: list[str], title: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns + ["best", "error"])
+    for r in rows:
+        writer.writerow([_fmt(r[c]) for c in columns] + [r["best"], r["error"]])
+    write_text(path / "comparison.csv", buffer.getvalue())
+    write_text(path / "comparison.md", markdown_table(rows, varied))
+    chart = accuracy_chart(rows, varied, path / "comparison.png")
+    from .report.html import write_comparison_report
+
+    write_comparison_report(path, f"Comparison on {title}", columns, rows, chart)
+
+
+def markdown_table(rows: list[dict], varied: list[str]) -> str:
+    head = varied + ["test accuracy", "test loss", "best epoch", "train s", "seeds", ""]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["status"] == "failed":
+            cells = [_fmt(r[k]) for k in varied] + ["failed", "", "", "", str(r["seeds"]),
+                                                     r["error"].replace("|", "\\|")]
+        else:
+            cells = [_fmt(r[k]) for k in varied] + [
+                f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
+                f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}", _one_decimal(r["best_epoch"]),
+                _one_decimal(r["train_seconds"]), str(r["seeds"]), "**best**" if r["best"] else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_chart(rows: list[dict], varied: list[str], target: Path) -> Path | None:
+    """Horizontal bars of mean test accuracy with one-standard-deviation error bars."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    # A standalone Agg figure: pyplot's global backend (a user's notebook) stays as it was.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = [", ".join(f"{k}={_fmt(r[k])}" for k in varied) for r in ok]
+    fig = Figure(figsize=(8, 0.5 * len(ok) + 1.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.barh(range(len(ok)), [r["test_accuracy_mean"] for r in ok], xerr=[r["test_accuracy_std"] for r in ok],
+            color=["#2a7ab9" if r["best"] else "#9ab" for r in ok], capsize=4)
+    ax.set_yticks(range(len(ok)), labels)
+    ax.invert_yaxis()
+    low = min(r["test_accuracy_mean"] - r["test_accuracy_std"] for r in ok)
+    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    ax.set_xlabel(f"test accuracy (mean ± std over {max(r['seeds'] for r in ok)} seeds)")
+    fig.tight_layout()
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(target)
+    return target
