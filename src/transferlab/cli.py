@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .config import RunConfig
 from .errors import TransferlabError
@@ -83,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*' (default *)")
     b.add_argument("--pretrained", action="store_true", help="only backbones with pretrained weights")
 
+    pr = sub.add_parser("predict", help="classify image files, folders or globs with a saved run",
+                        description="Top-k classes with probabilities for each image; unreadable files are "
+                                    "listed, not fatal.")
+    pr.add_argument("run", help="a run directory written by `transferlab train`")
+    pr.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or quoted globs")
+    pr.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    pr.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format (default table)")
+    pr.add_argument("--output", help="write to this file instead of the screen")
+    pr.add_argument("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)")
+
     c = sub.add_parser("compare", help="every config of a grid, once per seed: mean and std over seeds",
                        description="Run every config of a grid once per seed (resumable: finished runs are "
                                    "read back) and write comparison.csv, comparison.md, a chart and report.html.")
@@ -152,6 +163,20 @@ def _run(args: argparse.Namespace) -> int:
             raise TransferlabError(f"no backbone matches '{args.pattern}': try a wider pattern such as '*{args.pattern.strip('*')[:4]}*'")
         for name in names:
             print(f"{name}  (offline weights)" if name in PACKAGED else name)
+    elif args.command == "predict":
+        from .predict import predict, render
+
+        result = predict(args.run, args.paths, args.top_k, args.tta, progress=progress)
+        text = render(result, args.format)
+        if args.output:
+            from .runs import write_text
+
+            write_text(Path(args.output), text)
+            print(f"{len(result['predictions'])} predictions written to {args.output}")
+        else:
+            print(text, end="")
+        for line in result["unreadable"]:
+            print(f"unreadable: {line}", file=sys.stderr)
     elif args.command == "compare":
         from .comparison import markdown_table
 

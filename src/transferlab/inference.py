@@ -13,10 +13,20 @@ from .models.network import Network, to_batch
 from .models.preprocess import Preprocess
 
 
+def ten_views(pixels: np.ndarray, size: int) -> list[np.ndarray]:
+    """Test-time augmentation: the centre and four corner crops, each also mirrored."""
+    h, w = pixels.shape[:2]
+    corners = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    crops = [pixels[t:t + size, x:x + size] for t, x in corners]
+    return crops + [c[:, ::-1] for c in crops]
+
+
 def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, batch_size: int = 32,
-                   device: str = "cpu", progress: bool = False
+                   device: str = "cpu", progress: bool = False, tta: bool = False
                    ) -> tuple[np.ndarray, np.ndarray, list[UnreadableImage]]:
-    """(softmax probabilities of the readable images, mask of readable images, failures)."""
+    """(softmax probabilities of the readable images, mask of readable images, failures).
+
+    With `tta`, each image's probabilities are the mean over ten views (ten_views)."""
     network.eval().to(device).to(memory_format=torch.channels_last)
     ok = np.zeros(len(images), dtype=bool)
     failures: list[UnreadableImage] = []
@@ -25,7 +35,12 @@ def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, ba
     with torch.inference_mode():
         for positions, pixels, failed in iter_decoded(images, pre.resize_size, pre.interpolation, batch_size):
             failures += failed
-            if pixels:
+            if pixels and tta:
+                for p in pixels:
+                    x = to_batch(ten_views(p, pre.input_size)).to(device)
+                    rows.append(torch.softmax(network(x).float(), 1).mean(0, keepdim=True).cpu().numpy())
+                ok[positions] = True
+            elif pixels:
                 x = to_batch([pre.center_crop(p) for p in pixels]).to(device)
                 rows.append(torch.softmax(network(x).float(), 1).cpu().numpy())
                 ok[positions] = True
