@@ -8,8 +8,10 @@ _EXPORTS = {
     "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.sources",
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
-    "layers": "api", "compare": "api",
+    "layers": "api", "compare": "api", "read_metadata": "export",
 }
+# export() and predict() live in transferlab.export and transferlab.predict: a package attribute
+# of the same name as a submodule is replaced by the module once it is imported.
 __all__ = sorted(_EXPORTS)
 
 

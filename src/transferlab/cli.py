@@ -94,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", help="write to this file instead of the screen")
     pr.add_argument("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)")
 
+    x = sub.add_parser("export", help="write a run's network as ONNX or TorchScript, checked against PyTorch",
+                       description="Export a run (softmax included; input 0..255 RGB pixels, normalised inside) "
+                                   "with its classes and preprocessing as metadata, then run the file and "
+                                   "report its largest difference from PyTorch.")
+    x.add_argument("run", help="a run directory written by `transferlab train`")
+    x.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx")
+    x.add_argument("--out", help="file to write (default RUN/model.onnx or RUN/model.pt)")
+    x.add_argument("--check-images", nargs="*", default=None, metavar="IMAGE",
+                   help="real images to compare the export on, besides random pixels")
+
     c = sub.add_parser("compare", help="every config of a grid, once per seed: mean and std over seeds",
                        description="Run every config of a grid once per seed (resumable: finished runs are "
                                    "read back) and write comparison.csv, comparison.md, a chart and report.html.")
@@ -177,6 +187,12 @@ def _run(args: argparse.Namespace) -> int:
             print(text, end="")
         for line in result["unreadable"]:
             print(f"unreadable: {line}", file=sys.stderr)
+    elif args.command == "export":
+        from .export import export
+
+        result = export(args.run, args.format, args.out, args.check_images)
+        print(f"{result['format']} written to {result['path']} ({result['exporter']}); largest probability "
+              f"difference from PyTorch {result['max_abs_diff']:.2g} over {result['inputs_checked']} inputs")
     elif args.command == "compare":
         from .comparison import markdown_table
 

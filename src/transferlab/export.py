@@ -1,0 +1,306 @@
+"""Export a trained run to ONNX or TorchScript for deployment without transferlab.
+
+The exported graph takes float32 RGB pixels in 0..255, shape (N, 3, S, S) with S the run's
+input size (resize the shorter side to `resize_size`, centre-crop S x S, as in the metadata), and
+returns class *probabilities* (softmax included): a deployment then needs neither the mean and std
+(normalisation is inside the graph) nor a softmax of its own. The batch axis is dynamic.
+
+Every export is run before it is kept (onnxruntime for ONNX, torch.jit.load for TorchScript) and
+compared with the PyTorch network; a file that disagrees is deleted, never left in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import TransferlabError
+
+log = logging.getLogger("transferlab")
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+INPUT_RANGE = "0..255 RGB, normalised inside"
+METADATA_FILE = "transferlab.json"  # the TorchScript extra file
+EXPORT_FORMAT = 1
+# The torch.export-based exporter implements opset 18 and up; asking for 17 makes it try (and,
+# for Pad, fail) a down-conversion and keep 18 anyway. The legacy fallback writes 17.
+DYNAMO_OPSET, LEGACY_OPSET = 18, 17
+_INSTALL_HINT = "pip install onnx onnxruntime onnxscript"
+
+
+class Probabilities(nn.Module):
+    """The network followed by softmax: what the exported file computes."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.network(pixels).float(), dim=1)
+
+
+def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
+           check_images: list | None = None) -> dict:
+    """Export `run`'s network (with softmax) to `run/model.onnx` or `run/model.pt` (TorchScript).
+
+    `out` is the file to write (a folder gets the default file name). `check_images` (paths or
+    ImageRefs) are preprocessed as for prediction and, with random pixel batches, run through both
+    the exported file and the PyTorch network. Returns {path, format, max_abs_diff,
+    inputs_checked, metadata, exporter}.
+    """
+    from .classifier import ImageClassifier
+
+    fmt = str(format).strip().lower()
+    if fmt not in FORMATS:
+        raise TransferlabError(f"export: format '{format}' is not supported: choose one of "
+                               f"{', '.join(FORMATS)}")
+    run = Path(run)
+    clf = ImageClassifier.load(run)
+    target = _target_path(run, fmt, out)
+    metadata = export_metadata(clf)
+    module = Probabilities(clf.network_).eval()
+    size = clf.preprocess_.input_size
+    # Batch 2 to trace, other batch sizes to check: a batch size baked into the graph shows up.
+    example = _random_pixels(2, size, seed=1)
+    checks = _check_batches(clf, check_images)
+    checked = sum(len(x) for x in checks)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "onnx":
+            data, exporter = _onnx_bytes(module, example, metadata)
+            tmp.write_bytes(data)
+            run_file = _onnx_runner(tmp)
+        else:
+            _write_torchscript(module, example, metadata, tmp)
+            exporter = "torch.jit.trace"
+            run_file = _torchscript_runner(tmp)
+        diff = _max_abs_diff(module, run_file, checks)
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise TransferlabError(
+                f"export: the {fmt} file disagrees with the PyTorch network (largest probability "
+                f"difference {diff:.3g} > {TOLERANCE:g}); nothing was written: report this with the "
+                f"backbone '{metadata['backbone']}'")
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    log.info("exported %s (%s, max |diff| %.2g over %d inputs)", target, exporter, diff, checked)
+    return {"path": target, "format": fmt, "max_abs_diff": float(diff), "inputs_checked": checked,
+            "metadata": metadata, "exporter": exporter}
+
+
+def export_metadata(clf) -> dict:
+    """What a deployment needs to feed the exported file and read its output."""
+    pre = clf.preprocess_
+    cfg = clf.config_
+    return {
+        "transferlab_export_format": EXPORT_FORMAT,
+        "classes": list(clf.classes_),
+        "input_size": pre.input_size,
+        "resize_size": pre.resize_size,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "interpolation": pre.interpolation,
+        "crop_pct": pre.crop_pct,
+        "input_range": INPUT_RANGE,
+        "input_name": INPUT_NAME,
+        "input_shape": ["batch", 3, pre.input_size, pre.input_size],
+        "output_name": OUTPUT_NAME,
+        "output": "probabilities (softmax over classes, in the order of 'classes')",
+        "backbone": cfg.backbone,
+        "strategy": cfg.strategy,
+        "transferlab_version": __version__,
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The transferlab metadata of an exported ONNX or TorchScript file, values decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise TransferlabError(f"'{path}' does not exist: pass a file written by transferlab export")
+    if zipfile.is_zipfile(path):
+        # A TorchScript file is a zip archive; reading the extra file avoids loading the model.
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            if not names:
+                raise TransferlabError(f"'{path}' has no transferlab metadata: it was not written by "
+                                       "transferlab export")
+            return json.loads(archive.read(names[0]))
+    onnx = _require("onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise TransferlabError(f"'{path}' is neither an ONNX nor a TorchScript file "
+                               f"({type(err).__name__}): pass a file written by transferlab export") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "transferlab_export_format" not in props:
+        raise TransferlabError(f"'{path}' has no transferlab metadata: it was not written by "
+                               "transferlab export")
+    return {k: _json_or_text(v) for k, v in props.items()}
+
+
+def image_pixels(images: list, preprocess) -> torch.Tensor:
+    """Float32 (N, 3, S, S) input of the exported file for image paths or ImageRefs, prepared
+    exactly as prediction prepares them (decode, resize the shorter side, centre-crop)."""
+    from .data.cache import iter_decoded
+    from .data.sources import ImageRef
+    from .models.network import to_batch
+
+    refs = [im if isinstance(im, ImageRef) else ImageRef.from_file(im) for im in images]
+    crops = []
+    for _, pixels, failed in iter_decoded(refs, preprocess.resize_size, preprocess.interpolation, 32):
+        if failed:
+            raise TransferlabError(f"check image {failed[0]}: pass readable images")
+        crops += [preprocess.center_crop(p) for p in pixels]
+    s = preprocess.input_size
+    if not crops:
+        return torch.zeros(0, 3, s, s)
+    return to_batch(crops).float().contiguous()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _target_path(run: Path, fmt: str, out) -> Path:
+    if out is None:
+        return run / FORMATS[fmt]
+    out = Path(out)
+    return out / FORMATS[fmt] if out.is_dir() else out
+
+
+def _random_pixels(n: int, size: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=gen).float()
+
+
+def _check_batches(clf, check_images) -> list[torch.Tensor]:
+    size = clf.preprocess_.input_size
+    # Saturated images too: the extremes are where a wrong scale or clipping shows first.
+    batches = [_random_pixels(3, size, seed=2), torch.full((1, 3, size, size), 255.0)]
+    if check_images:
+        real = image_pixels(list(check_images), clf.preprocess_)
+        if len(real):
+            batches.append(real)
+    return batches
+
+
+def _max_abs_diff(module: nn.Module, run_file, batches: list[torch.Tensor]) -> float:
+    worst = 0.0
+    with torch.inference_mode():
+        for x in batches:
+            expected = module(x).numpy()
+            got = np.asarray(run_file(x))
+            if got.shape != expected.shape:
+                return float("inf")
+            worst = max(worst, float(np.abs(got - expected).max(initial=0.0)))
+    return worst
+
+
+def _require(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise TransferlabError(f"export: the '{name}' package is missing: {_INSTALL_HINT}") from None
+
+
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+@contextlib.contextmanager
+def _quiet_known_warnings():
+    """Silence warnings whose cause is known and checked: the legacy paths' deprecation notices,
+    and tracer warnings about shape comparisons (the spatial size is fixed by the export, and a
+    batch-size dependence would fail the check run at other batch sizes)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=r".*(legacy TorchScript-based ONNX|is deprecated|"
+                                                  r"feature will be removed).*")
+        # The ONNX graph passes log every deduplicated constant at INFO: noise in an app's log.
+        loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _onnx_bytes(module: nn.Module, example: torch.Tensor, metadata: dict) -> tuple[bytes, str]:
+    """The serialised ModelProto with metadata, and which exporter made it.
+
+    The torch.export-based exporter (the default since torch 2.9) comes first: it proves the
+    batch axis symbolic instead of trusting a trace. If it cannot capture a model, the legacy
+    TorchScript-based exporter is tried; the check run judges either result.
+    """
+    onnx = _require("onnx")
+    try:
+        _require("onnxscript")
+        with _quiet_known_warnings():
+            program = torch.onnx.export(
+                module, (example,), None, dynamo=True, opset_version=DYNAMO_OPSET, verbose=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        model, exporter = program.model_proto, f"torch.onnx dynamo (opset {DYNAMO_OPSET})"
+    except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
+        log.warning("export: the torch.export-based ONNX exporter failed (%s: %s); using the legacy "
+                    "TorchScript-based exporter", type(err).__name__, str(err).splitlines()[0][:200])
+        buffer = io.BytesIO()
+        with _quiet_known_warnings():
+            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=LEGACY_OPSET,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        model, exporter = onnx.load_from_string(buffer.getvalue()), f"torch.onnx legacy (opset {LEGACY_OPSET})"
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    model.doc_string = (f"transferlab {__version__}: {metadata['backbone']} ({metadata['strategy']}); "
+                        f"input {INPUT_RANGE}; output class probabilities")
+    # Weights stay inside the one file (no external .data beside it): fine below protobuf's 2 GB.
+    return model.SerializeToString(), exporter
+
+
+def _onnx_runner(path: Path):
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def _write_torchscript(module: nn.Module, example: torch.Tensor, metadata: dict, path: Path) -> None:
+    # Tracing, not scripting: timm backbones are not all scriptable, and the check run below
+    # catches any input-dependent path the trace froze.
+    with _quiet_known_warnings(), torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def _torchscript_runner(path: Path):
+    with _quiet_known_warnings():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    loaded.eval()
+    return lambda x: loaded(x).numpy()
