@@ -111,6 +111,7 @@ def _score_splits(clf: ImageClassifier, splits) -> tuple[dict, tuple]:
     metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "splits": {},
                "fit": dict(clf.fit_info_)}
     skipped = list(clf.skipped_)
+    held_out = ([], np.zeros(0, int), np.zeros((0, len(clf.classes_))))
     for name, part in splits.items():
         if name == "train" and clf.config_.strategy != "features":
             metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
