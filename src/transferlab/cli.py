@@ -104,6 +104,38 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--check-images", nargs="*", default=None, metavar="IMAGE",
                    help="real images to compare the export on, besides random pixels")
 
+    ex = sub.add_parser("explain", help="Grad-CAM: where in each image the run saw the evidence for its class",
+                        description="Grad-CAM heatmaps over each image for the predicted class (or --class), "
+                                    "saved as PNGs and one grid; unreadable files are listed, not fatal.")
+    ex.add_argument("run", help="a run directory written by `transferlab train`")
+    ex.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or quoted globs")
+    ex.add_argument("--layer", help="layer to explain: module name, stage-K or Keras name (default: the last "
+                    "stage, or at small input sizes the deepest one with enough cells; see `transferlab layers`)")
+    ex.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
+    ex.add_argument("--out", help="folder for the PNGs (default RUN/explain)")
+    ex.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity over the image (default 0.45)")
+
+    fi = sub.add_parser("filters", help="what channels of a layer respond to: pictures grown by gradient ascent",
+                        description="For each of the first --count channels of --layer, an image grown from noise "
+                                    "to excite it (jitter, blur and decay regularise, coarse to fine), as a grid PNG.")
+    fi.add_argument("model", metavar="BACKBONE|RUN", help="a timm backbone name or a run directory")
+    fi.add_argument("--layer", required=True, help="module name, stage-K or Keras name (see `transferlab layers`)")
+    fi.add_argument("--count", type=int, default=16, help="channels to show, from channel 0 (default 16)")
+    fi.add_argument("--size", type=int, default=96, help="picture size in pixels (default 96)")
+    fi.add_argument("--steps", type=int, default=60, help="gradient ascent steps (default 60)")
+    fi.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    fi.add_argument("--weights", default="auto", help="weights of a backbone name, as for train (default auto)")
+    fi.add_argument("--out", help="PNG file to write (default RUN/filters-LAYER.png or BACKBONE-filters-LAYER.png)")
+
+    ac = sub.add_parser("activations", help="the feature maps of one image at a layer, one tile per channel",
+                        description="Run one image to --layer and write its feature maps as a grid PNG.")
+    ac.add_argument("model", metavar="RUN|BACKBONE", help="a run directory or a timm backbone name")
+    ac.add_argument("image", help="one image file")
+    ac.add_argument("--layer", required=True, help="module name, stage-K or Keras name (see `transferlab layers`)")
+    ac.add_argument("--count", type=int, help="only the first COUNT channels (default all)")
+    ac.add_argument("--weights", default="auto", help="weights of a backbone name, as for train (default auto)")
+    ac.add_argument("--out", help="PNG file to write (default RUN/activations-IMAGE-LAYER.png)")
+
     c = sub.add_parser("compare", help="every config of a grid, once per seed: mean and std over seeds",
                        description="Run every config of a grid once per seed (resumable: finished runs are "
                                    "read back) and write comparison.csv, comparison.md, a chart and report.html.")
@@ -193,6 +225,35 @@ def _run(args: argparse.Namespace) -> int:
         result = export(args.run, args.format, args.out, args.check_images)
         print(f"{result['format']} written to {result['path']} ({result['exporter']}); largest probability "
               f"difference from PyTorch {result['max_abs_diff']:.2g} over {result['inputs_checked']} inputs")
+    elif args.command == "explain":
+        from .explain.commands import explain
+
+        result = explain(args.run, args.paths, args.layer, args.class_name, args.out, args.alpha)
+        for item in result["images"]:
+            print(f"{item['path']}  {item['class']} {item['probability']:.3f}  -> {item['png']}")
+        for line in result["unreadable"]:
+            print(f"unreadable: {line}", file=sys.stderr)
+        if result["grid"]:
+            from .explain.commands import GRID_LIMIT
+
+            shown = "" if len(result["images"]) <= GRID_LIMIT else f" (the first {GRID_LIMIT})"
+            print(f"Grad-CAM at {result['layer']}: {len(result['images'])} image(s), grid{shown} {result['grid']}")
+        else:
+            raise TransferlabError("no readable image to explain: see the unreadable files above")
+    elif args.command == "filters":
+        from .explain.commands import filters
+
+        result = filters(args.model, args.layer, args.count, args.size, args.steps, args.seed, args.out,
+                         args.weights)
+        start, final = sorted(result["start"]), sorted(result["final"])
+        print(f"{result['channels']} channels of {result['layer']} -> {result['png']} (median mean activation "
+              f"{start[len(start) // 2]:.3g} on the starting noise, {final[len(final) // 2]:.3g} on the picture)")
+    elif args.command == "activations":
+        from .explain.commands import activations
+
+        result = activations(args.model, args.image, args.layer, args.count, args.out, args.weights)
+        h, w = result["map_size"]
+        print(f"{result['channels']} maps of {h}x{w} at {result['layer']} -> {result['png']}")
     elif args.command == "compare":
         from .comparison import markdown_table
 

@@ -4,7 +4,6 @@ picture readable instead of high-frequency noise)."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -73,14 +72,11 @@ def _schedule(size: int, steps: int) -> list[tuple[int, int]]:
     return [(s, n) for s, n in zip(sides, share) if n > 0] or [(size, 0)]
 
 
-def filter_images(backbone_or_network: nn.Module, layer: str, channels: list[int] | int = 16,
-                  size: int = 96, steps: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(images (K, size, size, 3) uint8, gains (K,)) for the chosen channels of `layer`.
-
-    `channels` is a list of channel indices or a count of leading channels. A gain is the
-    channel's mean activation on its final image divided by that on the starting noise;
-    the starting activation can be near zero or negative for layers without a ReLU, which
-    makes the ratio meaningless there: compare gains only where it is clearly positive."""
+def grow_filter_images(backbone_or_network: nn.Module, layer: str, channels: list[int] | int = 16,
+                       size: int = 96, steps: int = 60, seed: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (K, size, size, 3) uint8, mean activation on the starting noise (K,), mean
+    activation on the final image (K,)) for the chosen channels of `layer`."""
     target = open_target(backbone_or_network, layer)
     gen = torch.Generator().manual_seed(seed)
     with preserved_modes(backbone_or_network):
@@ -98,5 +94,18 @@ def filter_images(backbone_or_network: nn.Module, layer: str, channels: list[int
         pixels = image.clamp(0, 255).round()
         with torch.no_grad():
             final = _channel_means(target, pixels, chosen)
-    gains = (final / baseline).numpy().astype(np.float64)
-    return pixels.permute(0, 2, 3, 1).to(torch.uint8).numpy(), gains
+    images = pixels.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    return images, baseline.numpy().astype(np.float64), final.numpy().astype(np.float64)
+
+
+def filter_images(backbone_or_network: nn.Module, layer: str, channels: list[int] | int = 16,
+                  size: int = 96, steps: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images (K, size, size, 3) uint8, gains (K,)) for the chosen channels of `layer`.
+
+    `channels` is a list of channel indices or a count of leading channels. A gain is the
+    channel's mean activation on its final image divided by that on the starting noise;
+    the starting activation can be near zero or negative for layers without a ReLU, which
+    makes the ratio meaningless there: compare gains only where it is clearly positive, or
+    use `grow_filter_images` for both levels."""
+    images, start, final = grow_filter_images(backbone_or_network, layer, channels, size, steps, seed)
+    return images, final / start

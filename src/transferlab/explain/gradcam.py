@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TransferlabError
-from .activations import Target, _first_tensor, as_input, open_target, preserved_modes
+from ..models.network import Network
+from ..models.stages import stage_groups
+from ..models.taps import stage_output
+from .activations import Target, _first_tensor, as_input, open_target, preserved_modes, timm_backbone
+
+# Grad-CAM's usual resolution: 7x7 cells, the last stage of an ImageNet network at 224 px.
+_CELLS = 7
 
 
 def _forward_with_activation(network: nn.Module, target: Target, x: torch.Tensor
@@ -34,14 +40,48 @@ def _cam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, int]
     return (cam / peak if peak > 0 else torch.zeros_like(cam)).clamp(0, 1).numpy()
 
 
+def default_layer(network: nn.Module, size: int) -> str:
+    """The deepest stage whose maps are at least min(7, size/16) cells across at this input size.
+
+    At 224 px that is the last stage (7x7 on EfficientNet and ResNet; VGG's 14x14 block5_conv3,
+    because its last stage is a fully connected block). On small inputs the last stage shrinks to
+    2x2 or 1x1, too coarse to localise anything, so a stage at 1/16 of the input is used instead.
+    A bilinear network explains its tapped layer: nothing above it runs."""
+    backbone = network.backbone if isinstance(network, Network) else network
+    if type(backbone).__name__ == "Tapped":
+        return backbone._chain[backbone.first_tap][0]
+    backbone = timm_backbone(network)
+    names = [stage_output(backbone, k) for k in range(1, len(stage_groups(backbone)) + 1)]
+    sides: dict[str, int] = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                sides.setdefault(name, min(output.shape[-2:]))
+        return hook
+
+    handles = [backbone.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    try:
+        with preserved_modes(backbone), torch.no_grad():
+            backbone(torch.zeros(1, 3, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    wanted = min(_CELLS, max(1, size // 16))
+    for name in names:
+        if sides.get(name, 0) >= wanted:
+            return name
+    return names[0]
+
+
 def gradcam(network: nn.Module, pixels: np.ndarray, layer: str | None = None,
             target: int | None = None) -> tuple[np.ndarray, int]:
     """(heatmap (S, S) float32 in [0, 1], explained class) for one (S, S, 3) uint8 image.
 
-    `layer` defaults to the backbone's last stage; lower stages give finer but less class-specific
-    maps. `target` defaults to the predicted class."""
-    where = open_target(network, layer or "stage-1")
+    `layer` defaults to `default_layer` (the last stage at ImageNet sizes); lower stages give finer
+    but less class-specific maps. `target` defaults to the predicted class."""
     x = as_input(pixels)
+    where = open_target(network, layer or default_layer(network, x.shape[-1]))
     # The parameters may all be frozen: an input that needs a gradient makes every activation need one.
     x.requires_grad_(True)
     with preserved_modes(network), torch.enable_grad():
@@ -52,6 +92,10 @@ def gradcam(network: nn.Module, pixels: np.ndarray, layer: str | None = None,
         cls = int(logits[0].argmax()) if target is None else int(target)
         if not 0 <= cls < logits.shape[1]:
             raise TransferlabError(f"target class {cls} is out of range: the network has {logits.shape[1]} classes")
-        (gradient,) = torch.autograd.grad(logits[0, cls], activation)
+        # Softmax ignores a shift shared by all logits, so a head may carry a class's evidence in
+        # the others' logits (scikit-learn's binary classifier fixes one logit at 0). The logit's
+        # margin over the mean logit sees it either way; the raw logit would show nothing there.
+        score = logits[0, cls] - logits[0].mean()
+        (gradient,) = torch.autograd.grad(score, activation)
     heatmap = _cam(activation.detach().float(), gradient.float(), tuple(x.shape[-2:]))
     return heatmap.astype(np.float32), cls
