@@ -20,17 +20,19 @@ from .engine import CHECKPOINT, load_checkpoint
 from .data.decode import UnreadableImage, decode
 from .report.curves import plot_curves
 from .report.html import GalleryItem, write_run_report
+from . import distributed
 from .runs import default_run_name, unique_dir, write_history, write_json, write_yaml
 from .strategies import resolve
+from .training import resolve_device
 
 log = logging.getLogger("transferlab")
 
 
 @dataclass
 class Run:
-    path: Path
+    path: Path | None           # None on the ranks other than 0 of a data-parallel run
     metrics: dict
-    classifier: ImageClassifier
+    classifier: ImageClassifier | None
 
     @property
     def score(self) -> float:
@@ -64,6 +66,10 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
             values["data"] = str(data)
         config = RunConfig.from_dict(values)
     config = resolve(config)
+    # Under torchrun: join the process group; every rank trains, rank 0 alone writes.
+    world = distributed.init(resolve_device(config.device))
+    if world.size > 1 and config.strategy == "features" and not world.main:
+        return Run(None, {}, None)  # nothing trains by gradient: rank 0 does it alone
     started = time.perf_counter()
     source = load_source(config.data, cifar_labels=config.cifar_labels, classes=config.class_list())
     if source.ignored:
@@ -72,14 +78,18 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
     splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
     clf = ImageClassifier(**config.model_options(), progress=progress)
-    if resume is None:
+    if resume is None and world.main:
         path = unique_dir(Path(config.out), config.name or default_run_name(source.images.name, config.strategy))
         path.mkdir(parents=True)
         write_yaml(path / "config.yaml", config.to_dict())
+    elif resume is None:
+        path = None
     try:
         scored = sum(len(part) for name, part in splits.items() if name != "train")
-        clf.fit(splits.train, splits.val, run_dir=path, resume=checkpoint, reserve_images=scored,
-                started=started)
+        clf.fit(splits.train, splits.val, run_dir=path if world.main else None, resume=checkpoint,
+                reserve_images=scored, started=started)
+        if not world.main:
+            return Run(None, {}, clf)
         metrics, held_out = _score_splits(clf, splits)
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         clf.write_model_files(path)
@@ -90,6 +100,8 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
         (path / CHECKPOINT).unlink(missing_ok=True)
     except BaseException:
+        if not world.main:
+            raise
         if resume is None and not (path / CHECKPOINT).exists():
             shutil.rmtree(path, ignore_errors=True)  # nothing worth resuming: leave no trace
         elif (path / CHECKPOINT).exists():
@@ -185,11 +197,11 @@ def demo(out: str = "runs", progress: bool = True, **options) -> Run:
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
-            name: str | None = None, first_seed: int = 0, progress: bool = True):
-    """Every config of `grid` once per seed; see transferlab.compare."""
+            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1):
+    """Every config of `grid` once per seed, `jobs` runs at a time; see transferlab.compare."""
     from .comparison import compare as run_comparison
 
-    return run_comparison(data, grid, seeds, out, name, first_seed, progress)
+    return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs)
 
 
 def layers(backbone: str, input_size: int | None = None, unfreeze: int | str = 1):

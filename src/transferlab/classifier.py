@@ -19,6 +19,7 @@ from .config import RunConfig
 from .data.decode import UnreadableImage, decode
 from .data.loader import TensorBatches, readable
 from .data.sources import ImageRef, ImageSet, load_source
+from .distributed import World
 from .engine import Phase, Trainer
 from .errors import TransferlabError
 from .feature_classifiers import fit_logistic
@@ -112,6 +113,10 @@ class ImageClassifier:
                           "phases": result.phases, "images_trained": result.images_trained,
                           "fit_seconds": round(fit_seconds, 2), "train_seconds": round(result.seconds_training, 2),
                           "train_images_per_second": round(result.images_trained / max(fit_seconds, 1e-9), 2)}
+        if len(result.replicas) > 1:
+            # Data-parallel: the ranks' final weights, which DDP must have kept identical.
+            self.fit_info_.update(ranks=len(result.replicas), rank_weight_digests=result.replicas,
+                                  ranks_identical=len(set(result.replicas)) == 1)
 
     def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None) -> None:
         backbone, self.preprocess_, self.weights_ = create_backbone(cfg.backbone, cfg.weights,
@@ -138,7 +143,8 @@ class ImageClassifier:
         x_train = ex_train.features
         if x_val is None:
             x_train, y_train, x_val, y_val = _hold_back_arrays(x_train, y_train, cfg.seed)
-        trainer = Trainer(head, head_only_settings(cfg), progress=self.progress)
+        # One process's work even under torchrun (the features strategy runs on rank 0 alone).
+        trainer = Trainer(head, head_only_settings(cfg), progress=self.progress, world=World())
         phase = Phase("head", cfg.epochs, [([n for n, _ in head.named_parameters()], cfg.lr)])
         result = trainer.fit([phase], TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train),
                                                     cfg.batch_size, shuffle=True),

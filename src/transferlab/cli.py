@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -59,6 +60,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         groups[group].add_argument(flag, **kwargs)
     p.add_argument("--config", help="YAML file of run options (same keys); options given here override it")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last complete epoch")
+    p.add_argument("--devices", type=int, metavar="N", help="data-parallel on N processes (one per GPU, or CPU "
+                   "processes with gloo): starts `torchrun --nproc-per-node N -m transferlab train ...`")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
     c.add_argument("--out", default="comparisons", help="folder for the comparison (default comparisons)")
     c.add_argument("--name", help="comparison folder name (default DATA-GRIDNAME; the same name resumes)")
+    c.add_argument("--jobs", type=int, default=1, help="runs at a time, in worker processes: one GPU each "
+                   "when there are GPUs, a share of the CPU cores otherwise (default 1: one process)")
 
     lay = sub.add_parser("layers", help="a backbone's layers: type, output shape, parameters, stage, Keras name",
                          description="Every named module of a backbone, from one forward of a dummy image: "
@@ -161,11 +166,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _without_devices(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--devices":
+            skip = True
+        elif not word.startswith("--devices="):
+            out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if int(os.environ.get("RANK", 0)) > 0:
+        args.quiet = True  # under torchrun, rank 0 speaks for all
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:
+        if args.command == "train" and args.devices is not None and "WORLD_SIZE" not in os.environ:
+            from .distributed import launch
+
+            if args.devices != 1:
+                return launch(args.devices, _without_devices(argv))
         return _run(args)
     except TransferlabError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -173,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept", file=sys.stderr)
         return 130
+    finally:
+        if "transferlab.distributed" in sys.modules:
+            sys.modules["transferlab.distributed"].shutdown()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -189,7 +217,8 @@ def _run(args: argparse.Namespace) -> int:
             if "data" not in given and not args.config:
                 raise TransferlabError("train needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")
             run = api.train(config=base, progress=progress, **given)
-        print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
+        if run.path is not None:  # ranks other than 0 of a data-parallel run write nothing
+            print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
     elif args.command == "evaluate":
         metrics = api.evaluate(args.run, args.data, args.split, progress=progress)
         if args.json:
@@ -257,7 +286,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "compare":
         from .comparison import markdown_table
 
-        result = api.compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress)
+        result = api.compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress,
+                             args.jobs)
         print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
         print(f"comparison: {result.path}")
     elif args.command == "layers":

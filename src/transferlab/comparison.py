@@ -91,38 +91,41 @@ class Comparison:
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
-            name: str | None = None, first_seed: int = 0, progress: bool = True) -> Comparison:
-    from . import api
+            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1) -> Comparison:
+    """`jobs` > 1 runs the (config, seed) runs in that many worker processes (one GPU each when
+    there are GPUs); the table is the same as a serial run's."""
     from .data.sources import load_source
 
     if seeds < 1:
         raise TransferlabError(f"--seeds {seeds} must be at least 1")
+    if jobs < 1:
+        raise TransferlabError(f"--jobs {jobs} must be at least 1")
     spec = read_grid(grid)
     data_name = load_source(data).images.name  # fails now, once, when DATA is wrong
     path = Path(out) / (name or f"{data_name}-{Path(grid).stem}")
     runs = path / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    total, done, started = len(spec.configs) * seeds, 0, time.perf_counter()
+    started = time.perf_counter()
+    seed_list = list(range(first_seed, first_seed + seeds))
+    labels = [", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied) for values in spec.configs]
+    tasks = [(ci, seed, str(data), {**spec.base, **values}, runs / f"{config_id(values)}-seed{seed}")
+             for ci, values in enumerate(spec.configs) for seed in seed_list]
+    if jobs == 1:
+        outcomes = _serial(tasks, labels, progress, started)
+    else:
+        from .parallel_runs import run_in_workers
+
+        outcomes = run_in_workers(_attempt, tasks, jobs, labels, started)
     rows = []
     for ci, values in enumerate(spec.configs):
-        label = ", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied)
         results, error = [], None
-        for seed in range(first_seed, first_seed + seeds):
-            done += 1
-            run = runs / f"{config_id(values)}-seed{seed}"
-            elapsed = time.perf_counter() - started
-            log.info(f"[{done}/{total}] config {ci + 1}/{len(spec.configs)} ({label}), seed {seed}; "
-                     f"{total - done} to go after it; {elapsed / 60:.1f} min so far")
-            try:
-                results.append(_run_once(api, data, {**spec.base, **values}, seed, run, progress))
-            except TransferlabError as err:
-                error = str(err)
-            except Exception as err:  # one broken config must not cost the others their results
-                error = f"{type(err).__name__}: {err}"
+        for seed in seed_list:  # a config's seeds up to its first failure, as a serial run keeps them
+            result, error = outcomes.get((ci, seed), (None, None))
             if error:
-                log.warning(f"config {ci + 1} ({label}) failed: {error}")
-                done += first_seed + seeds - 1 - seed  # its other seeds are skipped
+                log.warning(f"config {ci + 1} ({labels[ci]}) failed: {error}")
                 break
+            if result is not None:
+                results.append(result)
         rows.append(_row(spec, values, results, error, path))
     rows = _rank(rows)
     columns = spec.varied + list(METRIC_COLUMNS)
@@ -130,6 +133,35 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     log.info(f"comparison of {len(rows)} configs x {seeds} seeds written to {path} "
              f"({(time.perf_counter() - started) / 60:.1f} min)")
     return Comparison(path, rows, columns)
+
+
+def _attempt(task: tuple, progress: bool = False) -> tuple[dict | None, str | None]:
+    """(metrics, None) or (None, the error): one broken config must not cost the others their results."""
+    from . import api
+
+    ci, seed, data, options, run = task
+    try:
+        return _run_once(api, data, options, seed, run, progress), None
+    except TransferlabError as err:
+        return None, str(err)
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _serial(tasks: list[tuple], labels: list[str], progress: bool, started: float) -> dict:
+    outcomes: dict[tuple[int, int], tuple] = {}
+    failed: set[int] = set()
+    for done, task in enumerate(tasks, 1):
+        ci, seed = task[:2]
+        if ci in failed:
+            continue  # its other seeds are skipped
+        elapsed = time.perf_counter() - started
+        log.info(f"[{done}/{len(tasks)}] config {ci + 1}/{len(labels)} ({labels[ci]}), seed {seed}; "
+                 f"{len(tasks) - done} to go after it; {elapsed / 60:.1f} min so far")
+        outcomes[ci, seed] = _attempt(task, progress)
+        if outcomes[ci, seed][1]:
+            failed.add(ci)
+    return outcomes
 
 
 def _run_once(api, data: str, options: dict, seed: int, run: Path, progress: bool) -> dict:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import World, current, parallel
 from .errors import TransferlabError
 from .optim import build_optimizer, build_schedule
 
@@ -75,10 +76,14 @@ class FitResult:
     seconds_training: float = 0.0
     images_trained: int = 0
     phases: list[str] = field(default_factory=list)
+    replicas: list[str] = field(default_factory=list)  # weight digest of each rank at the end
 
 
-def epoch_seed(seed: int, phase: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, phase, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, phase: int, epoch: int, rank: int = 0) -> int:
+    """Rank 0's seed is a single process's, so a one-process run is unchanged; other ranks get
+    their own augmentation and dropout draws instead of repeating rank 0's on other images."""
+    entropy = [seed, phase, epoch] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def apply_phase(network: nn.Module, phase: Phase) -> list[tuple[str, nn.Parameter]]:
@@ -135,8 +140,9 @@ class Trainer:
                  progress: bool = True, mix: Callable | None = None, fingerprint: str = "",
                  on_epoch: Callable[[dict], None] | None = None,
                  forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 deadline: float | None = None):
+                 deadline: float | None = None, world: World | None = None):
         self.network = network
+        self.world = world or current()  # several ranks: DDP, sharded batches, summed metrics
         self.forward = forward or network       # what a batch goes through (a cached prefix skips the front)
         self.deadline = deadline                # time.perf_counter() by which training must end
         self.s = settings
@@ -178,6 +184,7 @@ class Trainer:
                 self.s.optimizer, self.s.weight_decay, self.s.momentum, self.s.nesterov)
             schedule = build_schedule(optimizer, self.s.schedule, len(train), phase.epochs,
                                       phase.warmup_epochs, self.s.milestones, self.s.gamma)
+            step = parallel(self.world, net, self.forward, self.device)
             first, waited = 0, 0
             if resume and pi == start_phase:
                 first, waited = start_epoch, resume["waited"]
@@ -186,8 +193,8 @@ class Trainer:
                     schedule.load_state_dict(resume["schedule"])
             stop = False
             for e in range(first, phase.epochs):
-                if (phase_deadline is not None and last_epoch_seconds is not None
-                        and time.perf_counter() + last_epoch_seconds > phase_deadline):
+                if phase_deadline is not None and self.world.agree(
+                        last_epoch_seconds is not None and time.perf_counter() + last_epoch_seconds > phase_deadline):
                     log.info(f"{phase.name}: the time budget allows no more epochs")
                     if e == first:
                         break  # nothing ran in this phase: nothing to restore or checkpoint
@@ -195,9 +202,9 @@ class Trainer:
                         net.load_state_dict(best["state"])
                     self._checkpoint((pi + 1, 0), history, best, waited, optimizer, schedule)
                     break
-                torch.manual_seed(epoch_seed(self.s.seed, pi, e))
+                torch.manual_seed(epoch_seed(self.s.seed, pi, e, self.world.rank))
                 started = time.perf_counter()
-                row = self._train_epoch(phase, pi, e, train, optimizer, schedule)
+                row = self._train_epoch(phase, pi, e, train, optimizer, schedule, step)
                 trained_seconds += time.perf_counter() - started
                 trained_images += row.pop("images")
                 if val is not None:
@@ -232,7 +239,7 @@ class Trainer:
             net.load_state_dict(best["state"])
         best_epoch = best["epoch"] or (history[-1]["epoch"] if history else 0)
         return FitResult(history, best_epoch, sign * best["value"] if best["state"] is not None else math.nan,
-                         trained_seconds, trained_images, [p.name for p in phases])
+                         trained_seconds, trained_images, [p.name for p in phases], self.world.digests(net))
 
     def _phase_deadline(self, phases: list[Phase], pi: int) -> float | None:
         """The remaining time, shared among the remaining phases in proportion to their epochs."""
@@ -242,8 +249,8 @@ class Trainer:
         now = time.perf_counter()
         return now + max(self.deadline - now, 0.0) * remaining[0] / max(sum(remaining), 1)
 
-    def _train_epoch(self, phase: Phase, pi: int, e: int, train: BatchSource, optimizer, schedule) -> dict:
-        net = self.forward
+    def _train_epoch(self, phase: Phase, pi: int, e: int, train: BatchSource, optimizer, schedule,
+                     net: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         total = correct = 0
         loss_sum = 0.0
         bar = tqdm(train.batches(epoch_seed(self.s.seed, pi, e)), total=len(train), leave=False,
@@ -267,12 +274,14 @@ class Trainer:
             total += n
             bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
         bar.close()
+        loss_sum, correct, total = self.world.sum(loss_sum, correct, total)
         return {"phase": phase.name, "train_loss": loss_sum / max(total, 1),
                 "train_accuracy": correct / max(total, 1), "lr": optimizer.param_groups[0]["lr"],
-                "images": total}
+                "images": int(total)}
 
     def evaluate(self, data: BatchSource) -> tuple[float, float]:
-        """Mean loss and accuracy with the network in eval mode (modes restored afterwards)."""
+        """Mean loss and accuracy with the network in eval mode (modes restored afterwards); over
+        all ranks' shards when several train."""
         modes = {m: m.training for m in self.network.modules()}
         self.network.eval()
         total = correct = 0
@@ -288,6 +297,7 @@ class Trainer:
         finally:
             for m, mode in modes.items():
                 m.training = mode
+        loss_sum, correct, total = self.world.sum(loss_sum, correct, total)
         return loss_sum / max(total, 1), correct / max(total, 1)
 
     # -- helpers -------------------------------------------------------------------------------

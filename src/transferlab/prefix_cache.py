@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data.loader import PixelBatches, epoch_order
+from .data.loader import PixelBatches, epoch_order, shard_size
+from .distributed import World
 from .data.sources import ImageSet
 from .engine import Phase, epoch_seed
 from .models.network import Network
@@ -136,18 +137,20 @@ class CachedActivations:
     """(activations, labels) batches: one cached view per image per epoch, chosen by the seed."""
 
     def __init__(self, store: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool,
-                 balanced: bool = False):
+                 balanced: bool = False, world: World | None = None):
         self.store, self.labels, self.batch_size = store, labels, batch_size
         self.shuffle, self.balanced = shuffle or balanced, balanced
+        self.world = world or World()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(shard_size(len(self.labels), self.world, self.shuffle) / self.batch_size)
 
     def batches(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, views = self.store.shape[:2]
         gen = torch.Generator().manual_seed(seed)
         order = epoch_order(self.labels, gen, self.shuffle, self.balanced)
         chosen = torch.randint(0, views, (n,), generator=gen).numpy() if views > 1 else np.zeros(n, int)
+        order = self.world.shard(order, pad=self.shuffle)
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
             h = torch.from_numpy(np.ascontiguousarray(self.store[idx, chosen[idx]])).float()

@@ -17,6 +17,7 @@ from .data.augment import AugmentOptions, build_augment, build_batch_mix
 from .data.loader import PixelBatches, channel_stats
 from .data.sources import ImageSet
 from . import prefix_cache
+from .distributed import current
 from .engine import FitResult, Trainer, TrainSettings
 from .features import default_cache_dir
 from .models.backbones import create_backbone, feature_dim
@@ -91,6 +92,12 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
                              enabled=cfg.prefix_cache, mixing=mix is not None)
     log.info(f"training path: {plan.describe()}")
     device = resolve_device(cfg.device)
+    world = current()
+    # --batch-size is the global batch: each of N ranks takes 1/N of it, so a recipe's learning
+    # rate means the same on one process and on several.
+    batch_size = -(-cfg.batch_size // world.size)
+    if world.size > 1:
+        log.info(f"data-parallel on {world.size} ranks: {batch_size} images per rank and step")
     cache = board = None
     try:
         if plan.use:
@@ -99,15 +106,15 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
             batch = max(cfg.batch_size, 64)
             train_src = prefix_cache.CachedActivations(
                 cache.build(network, train, pre, augment, plan.views, cfg.seed, batch, "train", progress),
-                train.labels, cfg.batch_size, shuffle=True, balanced=cfg.balance == "sampler")
+                train.labels, batch_size, shuffle=True, balanced=cfg.balance == "sampler", world=world)
             val_src = prefix_cache.CachedActivations(
                 cache.build(network, val, pre, None, 1, cfg.seed, batch, "val", progress),
-                val.labels, 256, shuffle=False) if val is not None else None
+                val.labels, 256, shuffle=False, world=world) if val is not None else None
             forward = prefix_cache.suffix_forward(network, plan)
         else:
-            train_src = PixelBatches(train, pre, cfg.batch_size, augment, shuffle=True,
-                                     balanced=cfg.balance == "sampler")
-            val_src = PixelBatches(val, pre, cfg.batch_size) if val is not None else None
+            train_src = PixelBatches(train, pre, batch_size, augment, shuffle=True,
+                                     balanced=cfg.balance == "sampler", world=world)
+            val_src = PixelBatches(val, pre, batch_size, world=world) if val is not None else None
             forward = prefix_cache.split_forward(network, plan)
         deadline = None
         if cfg.budget is not None:

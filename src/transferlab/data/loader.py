@@ -16,12 +16,20 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..distributed import World
 from ..errors import TransferlabError
 from ..models.network import to_batch
 from ..models.preprocess import Preprocess
 from .cache import DecodedImages, default_cache, iter_decoded
 from .decode import UnreadableImage
 from .sources import ImageSet
+
+
+def shard_size(n: int, world: World, training: bool) -> int:
+    """Items per epoch on one rank: training shards are padded to equal sizes, evaluation's are not."""
+    if not world.active:
+        return n
+    return world.shard_len(n) if training else len(range(world.rank, n, world.size))
 
 
 def readable(images: ImageSet, preprocess: Preprocess, batch_size: int = 64,
@@ -66,8 +74,9 @@ class PixelBatches:
 
     def __init__(self, images: ImageSet, preprocess: Preprocess, batch_size: int,
                  augment: Callable[[np.ndarray], torch.Tensor] | None = None, shuffle: bool = False,
-                 balanced: bool = False, decoded: DecodedImages | None = None):
+                 balanced: bool = False, decoded: DecodedImages | None = None, world: World | None = None):
         self.images = images
+        self.world = world or World()  # several ranks: each takes its shard of every epoch
         self.pre = preprocess
         self.batch_size = batch_size
         self.augment = augment
@@ -76,10 +85,11 @@ class PixelBatches:
         self.decoded = decoded or default_cache
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(shard_size(len(self.images), self.world, self.shuffle) / self.batch_size)
 
     def order(self, seed: int) -> np.ndarray:
-        return epoch_order(self.images.labels, torch.Generator().manual_seed(seed), self.shuffle, self.balanced)
+        order = epoch_order(self.images.labels, torch.Generator().manual_seed(seed), self.shuffle, self.balanced)
+        return self.world.shard(order, pad=self.shuffle)
 
     def _pixels(self, idx: np.ndarray) -> list[np.ndarray]:
         refs = self.images.images
