@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audit.duplicates import pre_training_check
 from .classifier import ImageClassifier, align_classes
 from .config import RunConfig
 from .data.sources import load_source
@@ -76,6 +77,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         log.warning(f"ignored {len(source.ignored)} file(s) without an image extension, "
                     f"e.g. {source.ignored[0]}")
     splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
+    splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
     clf = ImageClassifier(**config.model_options(), progress=progress)
     if resume is None and world.main:
@@ -91,6 +93,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         if not world.main:
             return Run(None, {}, clf)
         metrics, held_out = _score_splits(clf, splits)
+        metrics["audit"] = audit_info
         metrics["seconds"] = round(time.perf_counter() - started, 2)
         clf.write_model_files(path)
         write_history(path / "history.csv", clf.history_)
@@ -202,6 +205,18 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     from .comparison import compare as run_comparison
 
     return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs)
+
+
+def audit(data: str | None = None, threshold: float | None = None, near: bool = True,
+          out: str | Path | None = None, run: str | Path | None = None, progress: bool = True,
+          **options) -> dict:
+    """Duplicates, leakage, label conflicts, class counts and odd images of `data` (or of `run`'s
+    data and splits); writes audit.json and audit.html. See transferlab.audit.audit."""
+    from .audit import DEFAULT_THRESHOLD
+    from .audit import audit as run_audit
+
+    return run_audit(data, threshold=DEFAULT_THRESHOLD if threshold is None else threshold, near=near,
+                     out=out, run=run, progress=progress, **options)
 
 
 def layers(backbone: str, input_size: int | None = None, unfreeze: int | str = 1):

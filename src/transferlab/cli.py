@@ -152,6 +152,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="runs at a time, in worker processes: one GPU each "
                    "when there are GPUs, a share of the CPU cores otherwise (default 1: one process)")
 
+    au = sub.add_parser("audit", help="duplicates, leakage across splits, label conflicts, class counts, odd images",
+                        description="Audit a data set on the splits train would make: exact duplicates (file "
+                                    "content), near-duplicates (backbone features, confirmed by pixels), copies "
+                                    "that cross train/val/test, duplicates with different labels, class counts, "
+                                    "unreadable, tiny, huge, odd-aspect and grayscale images. Prints a table and "
+                                    "writes audit.json and audit.html.")
+    au.add_argument("data", nargs="?", help="folder, .csv, CIFAR archive or 'digits', as for train "
+                    "(default with --run: the run's data)")
+    au.add_argument("--threshold", type=float, help="cosine of backbone features at or above which two images "
+                    "are near-duplicates on features alone (default 0.9)")
+    au.add_argument("--near", action=argparse.BooleanOptionalAction, default=True,
+                    help="look for near-duplicates (runs the backbone once per image, features cached; "
+                         "--no-near for the quick checks only)")
+    au.add_argument("--out", help="folder for audit.json and audit.html (default audits/DATA-NAME)")
+    au.add_argument("--run", help="audit this run's data and splits; also writes RUN/audit.json and an Audit "
+                    "section in RUN/report.html")
+    au.add_argument("--val-fraction", type=float, help="as for train (default 0.15, or the run's)")
+    au.add_argument("--test-fraction", type=float, help="as for train (default 0.15, or the run's)")
+    au.add_argument("--seed", type=int, help="seed of the split, as for train (default 0, or the run's)")
+    au.add_argument("--classes", help="keep only these classes, comma-separated, as for train")
+
     lay = sub.add_parser("layers", help="a backbone's layers: type, output shape, parameters, stage, Keras name",
                          description="Every named module of a backbone, from one forward of a dummy image: "
                                      "what --layer accepts and the stages --unfreeze counts.")
@@ -290,6 +311,14 @@ def _run(args: argparse.Namespace) -> int:
                              args.jobs)
         print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
         print(f"comparison: {result.path}")
+    elif args.command == "audit":
+        from .audit.report import format_table
+
+        result = api.audit(args.data, args.threshold, args.near, args.out, args.run, progress,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                           classes=args.classes)
+        print(format_table(result), end="")
+        print("written: " + ", ".join(result["written"]))
     elif args.command == "layers":
         from .models.summary import format_rows
 

@@ -93,6 +93,8 @@ class RunConfig:
     val_fraction: float = opt(0.15, "share for validation when the data has no val split", "data")
     test_fraction: float = opt(0.15, "share held out for the score when the data has no test or val split", "data")
     classes: str = opt("", "keep only these classes, comma-separated", "data")
+    dedupe: bool = opt(False, "drop val/test images that are exact copies of images in an earlier split "
+                              "(keeping the train copy); metrics.json lists them", "data")
     cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", ("fine", "coarse"))
     out: str = opt("runs", "folder for run directories", "output")
     name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
@@ -210,5 +212,5 @@ class RunConfig:
 
     def model_options(self) -> dict:
         """The arguments of ImageClassifier this configuration sets."""
-        skip = {"data", "val_fraction", "test_fraction", "classes", "cifar_labels", "out", "name"}
+        skip = {"data", "val_fraction", "test_fraction", "classes", "cifar_labels", "out", "name", "dedupe"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

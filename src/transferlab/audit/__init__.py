@@ -1,0 +1,191 @@
+"""The data audit: duplicates, leakage across splits, label conflicts, class balance and odd
+images of a data set, on the splits `train` would use; reported as a table, audit.json and HTML.
+
+`audit()` is the whole audit (what `transferlab audit` runs); `duplicates.pre_training_check`
+is its cheap part, which `train` (and so `compare`) runs before every training run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .duplicates import SPLIT_ORDER, check_splits, describe
+from .images import HUGE_PIXELS, ODD_ASPECT, TINY_SIDE, flags, inspect_all
+from .near import DEFAULT_THRESHOLD, PIXEL_THRESHOLD
+
+log = logging.getLogger("transferlab")
+
+__all__ = ["audit", "DEFAULT_THRESHOLD"]
+LIMITS = {"unreadable": "skipped by train", "tiny": f"shorter side < {TINY_SIDE} px",
+          "huge": f"> {HUGE_PIXELS / 1e6:g} megapixels", "odd_aspect": f"longer side > {ODD_ASPECT:g}x shorter"}
+
+
+def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near: bool = True,
+          out: str | Path | None = None, run: str | Path | None = None,
+          val_fraction: float | None = None, test_fraction: float | None = None, seed: int | None = None,
+          classes: str | None = None, cifar_labels: str | None = None, backbone: str | None = None,
+          cache_dir: str | None = None, feature_cache: bool = True, batch_size: int = 32,
+          progress: bool = True) -> dict:
+    """Audit `data` (or the data of `run`) and write audit.json and audit.html to `out` (default
+    audits/<data name>/); with `run`, also audit.json into the run and an Audit section into its
+    report.html. Split options default to the run's config, else to train's defaults.
+    Returns the JSON-able findings (what audit.json holds)."""
+    from ..config import RunConfig
+    from ..data.sources import load_source
+    from ..data.split import split_source
+    from ..errors import TransferlabError
+    from ..runs import read_run_file, write_json
+    from . import report
+
+    started = time.perf_counter()
+    if not 0 < threshold <= 1:
+        raise TransferlabError(f"--threshold {threshold} is outside (0, 1]: give a cosine such as {DEFAULT_THRESHOLD}")
+    base = RunConfig()
+    if run is not None:
+        base = RunConfig.from_dict(read_run_file(Path(run), "config.yaml"), origin=f"{run}/config.yaml")
+    if data is None and run is None:
+        raise TransferlabError("audit needs DATA (a folder, a .csv file, a CIFAR archive or 'digits') or --run RUN")
+    data = str(data) if data is not None else base.data
+    vf = base.val_fraction if val_fraction is None else val_fraction
+    tf = base.test_fraction if test_fraction is None else test_fraction
+    seed = base.seed if seed is None else seed
+    wanted = base.class_list() if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    source = load_source(data, cifar_labels=cifar_labels or base.cifar_labels, classes=wanted)
+    splits = split_source(source, vf, tf, seed)
+    log.info(f"auditing {data}: {len(source.images)} images, {len(source.images.classes)} classes; {splits.summary()}")
+
+    timings = {}
+    t = time.perf_counter()
+    check = check_splits(splits)
+    items, names = check.items, check.classes
+    timings["hashes"] = time.perf_counter() - t
+    t = time.perf_counter()
+    inspected = inspect_all([it.ref for it in items])
+    timings["images"] = time.perf_counter() - t
+
+    result = {
+        "data": data, "name": source.images.name, "root": source.root, "images": len(items),
+        "classes": names,
+        "settings": {"val_fraction": vf, "test_fraction": tf, "seed": seed, "near": near,
+                     "threshold": threshold, "pixel_threshold": PIXEL_THRESHOLD, "tiny_side": TINY_SIDE,
+                     "huge_pixels": HUGE_PIXELS, "odd_aspect": ODD_ASPECT},
+        "splits": {name: {"images": len(part), "from": splits.origins.get(name, ""),
+                          "counts": check.counts[name]} for name, part in splits.items()},
+        "imbalance": check.imbalance(),
+        "exact_duplicates": check.group_records(check.groups),
+        "leakage": check.group_records(check.leaked_groups),
+        "leaked_copies": check.leaked_by_split(),
+        "conflicts": check.group_records(check.conflict_groups),
+    }
+    _image_findings(result, items, inspected, names)
+    if near:
+        t = time.perf_counter()
+        _near(result, check, inspected, threshold, backbone, cache_dir, feature_cache, batch_size, progress)
+        timings["near"] = time.perf_counter() - t
+    else:
+        result["near_duplicates"], result["near_total"] = None, None
+    result["findings"] = findings(result)
+    timings["total"] = time.perf_counter() - started
+    result["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+
+    out = Path(out) if out is not None else Path("audits") / source.images.name
+    out.mkdir(parents=True, exist_ok=True)
+    result["written"] = [str(out / "audit.json"), str(out / "audit.html")]
+    refs = {it.ref.name: it.ref for it in items}
+    section = report.html_section(result, refs)
+    if run is not None:
+        result["written"].append(str(Path(run) / "audit.json"))
+        if (Path(run) / "report.html").is_file():
+            result["written"].append(str(Path(run) / "report.html"))
+    write_json(out / "audit.json", result)
+    report.write_page(out / "audit.html", result, section)
+    if run is not None:
+        write_json(Path(run) / "audit.json", result)
+        report.add_to_run_report(Path(run), section)
+    return result
+
+
+def _image_findings(result: dict, items, inspected, classes: list[str]) -> None:
+    result["unreadable"] = [{"name": it.ref.name, "reason": info.error}
+                            for it, info in zip(items, inspected) if info.error]
+    for kind in ("tiny", "huge", "odd_aspect"):
+        result[kind] = [{"name": it.ref.name, "split": it.split, "width": info.width, "height": info.height}
+                        for it, info in zip(items, inspected) if kind in flags(info)]
+    readable = [(it, info) for it, info in zip(items, inspected) if not info.error]
+    grey = [it for it, info in readable if info.grayscale]
+    by_class = {}
+    for label, name in enumerate(classes):
+        members = [info.grayscale for it, info in readable if it.label == label]
+        by_class[name] = round(sum(members) / len(members), 4) if members else 0.0
+    result["grayscale"] = {"images": len(grey), "share": round(len(grey) / max(len(readable), 1), 4),
+                           "by_class": by_class, "names": [it.ref.name for it in grey]}
+
+
+def _near(result: dict, check, inspected, threshold: float, backbone, cache_dir, feature_cache,
+          batch_size: int, progress: bool) -> None:
+    from .near import backbone_features, near_pairs
+
+    items = check.items
+    feats = backbone_features([it.ref for it in items], backbone, cache_dir=cache_dir,
+                              feature_cache=feature_cache, batch_size=batch_size, progress=progress)
+    rows = np.flatnonzero(feats.ok)
+    known = {u["name"] for u in result["unreadable"]}
+    for failure in feats.failures:  # unreadable at full size though a small decode worked
+        if failure.source not in known:
+            result["unreadable"].append({"name": failure.source, "reason": failure.reason})
+    group_of = {i: g for g, members in enumerate(check.groups) for i in members}
+    pairs, total = near_pairs(feats.vectors, [inspected[i].thumb for i in rows], threshold)
+    listed = []
+    for p in pairs:
+        i, j = int(rows[p["i"]]), int(rows[p["j"]])
+        if i in group_of and group_of.get(j) == group_of[i]:
+            total -= 1  # an exact duplicate: listed there
+            continue
+        a, b = describe(items[i], check.classes), describe(items[j], check.classes)
+        listed.append({"a": a, "b": b, "cosine": p["cosine"], "pixels": p["pixels"], "by": p["by"],
+                       "cross_split": a["split"] != b["split"], "conflict": a["label"] != b["label"]})
+    result["near_duplicates"], result["near_total"] = listed, max(total, len(listed))
+    result["features"] = {"backbone": feats.backbone, "computed": feats.computed, "cached": feats.cached}
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def findings(result: dict) -> list[str]:
+    """One line per kind of problem found; empty for a clean data set."""
+    lines = []
+    exact = result["exact_duplicates"]
+    if exact:
+        copies = sum(len(g["images"]) - 1 for g in exact)
+        extra = _count(copies, "extra copy", "extra copies")
+        lines.append(f"{_count(len(exact), 'group')} of exact duplicates ({extra})")
+    if result["leaked_copies"]:
+        where = ", ".join(f"{n} in {s}" for s, n in sorted(result["leaked_copies"].items(),
+                                                           key=lambda kv: SPLIT_ORDER.index(kv[0])))
+        lines.append(f"leakage: {sum(result['leaked_copies'].values())} exact copies of earlier-split images ({where})")
+    if result["conflicts"]:
+        groups = _count(len(result["conflicts"]), "group")
+        lines.append(f"label conflicts: {groups} of identical images with different labels")
+    near = result.get("near_duplicates")
+    if near:
+        cross = sum(p["cross_split"] for p in near)
+        conflict = sum(p["conflict"] for p in near)
+        lines.append(f"{_count(result['near_total'], 'near-duplicate pair')} ({cross} across splits, "
+                     f"{conflict} with different labels)")
+    if result["imbalance"]["warning"]:
+        im = result["imbalance"]
+        lines.append(f"classes imbalanced in train: {im['ratio']:g}:1 ('{im['largest']}' vs '{im['smallest']}')")
+    for kind, one, many in (("unreadable", "unreadable file", "unreadable files"),
+                            ("tiny", "tiny image", "tiny images"), ("huge", "huge image", "huge images"),
+                            ("odd_aspect", "odd-aspect image", "odd-aspect images")):
+        if result[kind]:
+            lines.append(f"{_count(len(result[kind]), one, many)} ({LIMITS[kind]})")
+    grey = result["grayscale"]
+    if 0 < grey["images"] < sum(s["images"] for s in result["splits"].values()) - len(result["unreadable"]):
+        lines.append(f"{grey['images']} grayscale image(s) among colour ones ({grey['share']:.1%})")
+    return lines
