@@ -167,7 +167,8 @@ def findings(result: dict) -> list[str]:
     if result["leaked_copies"]:
         where = ", ".join(f"{n} in {s}" for s, n in sorted(result["leaked_copies"].items(),
                                                            key=lambda kv: SPLIT_ORDER.index(kv[0])))
-        lines.append(f"leakage: {sum(result['leaked_copies'].values())} exact copies of earlier-split images ({where})")
+        copies = _count(sum(result["leaked_copies"].values()), "exact copy", "exact copies")
+        lines.append(f"leakage: {copies} of earlier-split images ({where})")
     if result["conflicts"]:
         groups = _count(len(result["conflicts"]), "group")
         lines.append(f"label conflicts: {groups} of identical images with different labels")
