@@ -116,3 +116,15 @@ def test_compare_with_two_jobs_gives_the_rows_of_one(colour_folder, tmp_path, ca
 def test_devices_must_be_a_positive_count(capsys):
     assert main(["train", "digits", "--devices", "0"]) == 2
     assert "--devices 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_ranks_end_with_the_same_batchnorm_statistics(colour_folder, tmp_path):
+    # reinit updates the fresh blocks' BatchNorm statistics, each rank from its own shard; without
+    # rank 0's being broadcast after every epoch the ranks ended with different running means.
+    data = colour_folder(tmp_path / "data", ("red", "green", "blue"), 12, 40)
+    proc = _transferlab("train", data, "--strategy", "reinit", "--backbone", "mobilenetv2_050", "--weights", "none",
+                        "--image-size", "32", "--epochs", "2", "--out", tmp_path / "runs", "--name", "r",
+                        "--devices", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())["fit"]
+    assert fit["ranks"] == 2 and fit["ranks_identical"], fit

@@ -93,6 +93,16 @@ class World:
         dist.all_gather_object(gathered, mine)
         return gathered
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them
+        before each forward, but the forward then updates them from each rank's own shard, so
+        after an epoch the ranks would evaluate, choose a best epoch and end with different
+        statistics."""
+        if not self.active:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -205,6 +205,7 @@ class Trainer:
                 torch.manual_seed(epoch_seed(self.s.seed, pi, e, self.world.rank))
                 started = time.perf_counter()
                 row = self._train_epoch(phase, pi, e, train, optimizer, schedule, step)
+                self.world.broadcast_buffers(net)
                 trained_seconds += time.perf_counter() - started
                 trained_images += row.pop("images")
                 if val is not None:
