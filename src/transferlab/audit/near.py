@@ -17,8 +17,8 @@ import numpy as np
 
 from ..data.sources import ImageRef
 
-# Calibrated with the default backbone (tf_efficientnet_lite0, packaged weights); the numbers are
-# in the README's audit section. Backbone features alone do not separate a re-encoded copy from a
+# Calibrated with the default backbone (tf_efficientnet_lite0, packaged weights) by
+# benchmarks/audit.py. Backbone features alone do not separate a re-encoded copy from a
 # distinct photo of the same class: a hymenoptera photo re-saved at JPEG quality 60 and 0.7x size
 # scores 0.59-0.99 against its original (median 0.88), while distinct photos reach 0.81 against
 # their nearest neighbour (CIFAR-10: 0.89). Their features still rank the copy first or second
@@ -120,20 +120,6 @@ def neighbours(vectors: np.ndarray, k: int = NEIGHBOURS, minimum: float = CANDID
                 if value >= minimum:
                     found[(min(a + r, j), max(a + r, j))] = value
     return [(i, j, s) for (i, j), s in sorted(found.items())]
-
-
-def nearest_neighbour(vectors: np.ndarray, tile: int = TILE) -> np.ndarray:
-    """Each image's highest cosine to any other image (for calibrating a threshold)."""
-    n = len(vectors)
-    best = np.full(n, -1.0, dtype=np.float32)
-    for a in range(0, n, tile):
-        rows = vectors[a:a + tile]
-        for b in range(0, n, tile):
-            sims = rows @ vectors[b:b + tile].T
-            if a == b:
-                np.fill_diagonal(sims, -1.0)
-            best[a:a + tile] = np.maximum(best[a:a + tile], sims.max(1))
-    return best
 
 
 def near_pairs(vectors: np.ndarray, thumbs: list, threshold: float = DEFAULT_THRESHOLD,

@@ -3,19 +3,19 @@ images the way prediction reads them, and write the pictures as PNG files and gr
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import TransferlabError
 from ..models.preprocess import Preprocess
 from .activations import activation_maps, open_target
 from .filters import grow_filter_images
-from .gradcam import default_layer, gradcam
+from .gradcam import default_layer, gradcam_with_probabilities
 from .images import grid, overlay, save_png
 
 # More overlays than this make a grid too large to look at; every image still gets its own PNG.
@@ -46,7 +46,7 @@ def open_model(name: str, weights: str = "auto") -> Opened:
                                    "directory or a backbone name")
         clf = ImageClassifier.load(path)
         return Opened(clf.network_, clf.preprocess_, list(clf.classes_), path.name, path)
-    if path.suffix or "/" in name:
+    if "/" in name or os.sep in name:  # a path that is not there (timm names have no slash)
         raise TransferlabError(f"'{name}' does not exist: give a run directory or a backbone name "
                                "(see `transferlab backbones`)")
     from ..models.backbones import create_backbone
@@ -120,10 +120,8 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
         except UnreadableImage as err:
             unreadable.append(str(err))
             continue
-        heat, cls = gradcam(opened.model, view, name, target)
-        with torch.no_grad():
-            probability = float(torch.softmax(opened.model(torch.from_numpy(view).permute(2, 0, 1)[None].float()),
-                                              1)[0, cls])
+        heat, cls, probabilities = gradcam_with_probabilities(opened.model, view, name, target)
+        probability = float(probabilities[cls])
         shown = overlay(view, heat, alpha)
         png = save_png(shown, folder / _unique_name(path, used))
         if len(tiles) < GRID_LIMIT:

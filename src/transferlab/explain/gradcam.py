@@ -80,6 +80,13 @@ def gradcam(network: nn.Module, pixels: np.ndarray, layer: str | None = None,
 
     `layer` defaults to `default_layer` (the last stage at ImageNet sizes); lower stages give finer
     but less class-specific maps. `target` defaults to the predicted class."""
+    heatmap, cls, _ = gradcam_with_probabilities(network, pixels, layer, target)
+    return heatmap, cls
+
+
+def gradcam_with_probabilities(network: nn.Module, pixels: np.ndarray, layer: str | None = None,
+                               target: int | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """gradcam's (heatmap, class) and the class probabilities of the same forward pass."""
     x = as_input(pixels)
     where = open_target(network, layer or default_layer(network, x.shape[-1]))
     # The parameters may all be frozen: an input that needs a gradient makes every activation need one.
@@ -98,4 +105,5 @@ def gradcam(network: nn.Module, pixels: np.ndarray, layer: str | None = None,
         score = logits[0, cls] - logits[0].mean()
         (gradient,) = torch.autograd.grad(score, activation)
     heatmap = _cam(activation.detach().float(), gradient.float(), tuple(x.shape[-2:]))
-    return heatmap.astype(np.float32), cls
+    probabilities = torch.softmax(logits[0].detach().float(), 0).numpy()
+    return heatmap.astype(np.float32), cls, probabilities
