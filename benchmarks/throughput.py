@@ -23,7 +23,8 @@ import torch
 
 import transferlab
 from transferlab.data.cache import DecodedImages
-from transferlab.features import FeatureStore, extract_features
+from transferlab.features.extract import extract_features
+from transferlab.features.store import FeatureStore
 from transferlab.models.backbones import create_backbone
 from transferlab.models.heads import build_head
 from transferlab.models.network import Network

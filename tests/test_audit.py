@@ -154,7 +154,7 @@ def test_train_warns_about_leakage_and_dedupe_records_what_it_dropped(folder, tm
 
 
 def test_dedupe_is_a_grid_option_of_compare(tmp_path):
-    from transferlab.comparison import read_grid
+    from transferlab.workflows.compare import read_grid
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("base: {dedupe: true}\ngrid: {head: [linear, 'mlp:16']}\n")

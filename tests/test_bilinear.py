@@ -13,8 +13,8 @@ from transferlab.errors import TransferlabError
 from transferlab.models.bilinear import BilinearHead, TensorSketch, bilinear_pool
 from transferlab.models.tapped import Tapped, tap
 from transferlab.models.taps import resolve_layer
-from transferlab.strategies import phases, resolve
-from transferlab.training import build_network
+from transferlab.training.strategies import phases, resolve
+from transferlab.models.factory import ModelSpec, build_model
 
 
 def maps(*shape, seed=0):
@@ -123,19 +123,19 @@ def test_unknown_layers_get_suggestions_and_taps_inside_skip_blocks_are_refused(
 def test_bilinear_network_trains_on_each_family_with_random_weights(name):
     cfg = resolve(RunConfig(strategy="bilinear", backbone=name, weights="none", image_size=64,
                             sketch_dim=1024 if name.startswith("res") else None))
-    net, pre, _ = build_network(cfg, 3)
+    net, pre, _ = build_model(ModelSpec.from_options(cfg.to_dict(), 3))
     _forward_backward(net, cfg)
 
 
 def test_bilinear_on_the_packaged_weights_with_two_layers_and_a_second_backbone():
     cfg = resolve(RunConfig(strategy="bilinear", layer="blocks.5,blocks.6", image_size=96,
                             branch_dropout="0.5"))
-    net, _, info = build_network(cfg, 2)
+    net, _, info = build_model(ModelSpec.from_options(cfg.to_dict(), 2))
     assert info.source == "packaged" and net.head.dim == 192 * 320
     _forward_backward(net, cfg)
     cfg2 = resolve(RunConfig(strategy="bilinear", backbone2="mobilenetv2_050", weights2="none",
                              layer="stage-2,stage-1", image_size=64))
-    net2, _, _ = build_network(cfg2, 2)
+    net2, _, _ = build_model(ModelSpec.from_options(cfg2.to_dict(), 2))
     assert [m.shape[1] for m in net2.backbone(torch.zeros(1, 3, 64, 64))] == [192, 1280]
     _forward_backward(net2, cfg2)
 

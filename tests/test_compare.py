@@ -9,7 +9,7 @@ import pytest
 import transferlab
 from transferlab import api
 from transferlab.cli import main
-from transferlab.comparison import read_grid
+from transferlab.workflows.compare import read_grid
 from transferlab.errors import TransferlabError
 
 

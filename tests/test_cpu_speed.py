@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 import transferlab
-from transferlab import prefix_cache
+from transferlab.training import prefix_cache
 from transferlab.config import RunConfig
 from transferlab.data.augment import AugmentOptions, build_augment
-from transferlab.data.loader import PixelBatches
+from transferlab.training.batches import PixelBatches
 from transferlab.data.sources import load_source
-from transferlab.engine import apply_phase, epoch_seed
-from transferlab.strategies import phases, resolve
-from transferlab.training import build_network
+from transferlab.training.engine import apply_phase, epoch_seed
+from transferlab.training.strategies import phases, resolve
+from transferlab.models.factory import ModelSpec, build_model
 
 RGB = ("red", "green", "blue")
 
@@ -27,7 +27,7 @@ def test_cached_prefix_and_pixels_give_the_same_first_step_loss_and_gradients(hy
     batch = data.subset(np.r_[0:6, len(data) - 6:len(data)])
     cfg = resolve(RunConfig.from_dict({"strategy": "finetune", "unfreeze": "1", "image_size": 96,
                                        "dropout": 0.0}))
-    net, pre, _ = build_network(cfg, 2)
+    net, pre, _ = build_model(ModelSpec.from_options(cfg.to_dict(), 2))
     tune = phases(cfg, net)[-1]
     apply_phase(net, tune)
     plan = prefix_cache.plan(net, [tune], pre, len(batch), 0, 1, 512, tmp_path)

@@ -48,7 +48,7 @@ def test_two_gloo_ranks_train_finetune_like_one_process(hymenoptera, tmp_path):
 
 KILLED_RANK = """
 import os, signal, sys
-from transferlab import prefix_cache
+from transferlab.training import prefix_cache
 from transferlab.cli import main
 
 epochs_started = [0]

@@ -13,13 +13,14 @@ from torch import nn
 
 import transferlab
 from transferlab.config import RunConfig
-from transferlab.data.loader import PixelBatches, TensorBatches
+from transferlab.training.batches import PixelBatches, TensorBatches
 from transferlab.data.sources import load_source
-from transferlab.engine import Phase, Trainer, TrainSettings, apply_phase
+from transferlab.training.engine import Phase, Trainer, TrainSettings, apply_phase
 from transferlab.models.stages import last_stages, module_chain, stage_groups
-from transferlab.optim import build_optimizer, build_schedule
-from transferlab.strategies import phases, resolve
-from transferlab.training import build_network, fit_network
+from transferlab.training.optim import build_optimizer, build_schedule
+from transferlab.training.strategies import phases, resolve
+from transferlab.models.factory import ModelSpec, build_model
+from transferlab.training.fit import fit_network
 
 
 RGB = ("red", "green", "blue")
@@ -33,7 +34,7 @@ def setup(tmp_path, colour_folder):
         data = load_source(colour_folder(root / "data", RGB, 12, 40)).images
         cfg = resolve(RunConfig.from_dict({"backbone": "mobilenetv2_050", "weights": "none",
                                            "image_size": 32, "batch_size": 8, **options}))
-        network, pre, _ = build_network(cfg, len(data.classes))
+        network, pre, _ = build_model(ModelSpec.from_options(cfg.to_dict(), len(data.classes)))
         train, val = data.subset(np.arange(0, len(data), 2)), data.subset(np.arange(1, len(data), 2))
         return cfg, network, pre, train, val
     return make
@@ -107,11 +108,11 @@ def test_a_frozen_prefix_keeps_no_activations_for_backward(setup, tmp_path):
 def test_reinit_gives_the_last_stages_fresh_weights_and_keeps_the_rest(tmp_path, colour_folder):
     data = load_source(colour_folder(tmp_path / "data", RGB, 12, 40)).images
     base = resolve(RunConfig.from_dict({"backbone": "tf_efficientnet_lite0", "image_size": 32, "strategy": "frozen"}))
-    pretrained, _, info = build_network(base, 3)
+    pretrained, _, info = build_model(ModelSpec.from_options(base.to_dict(), 3))
     assert info.source == "packaged"
     cfg = resolve(RunConfig.from_dict({"backbone": "tf_efficientnet_lite0", "image_size": 32,
                                        "strategy": "reinit", "reinit": 2}))
-    fresh, _, _ = build_network(cfg, len(data.classes))
+    fresh, _, _ = build_model(ModelSpec.from_options(cfg.to_dict(), len(data.classes)))
     reinit = {"backbone." + n for n in last_stages(fresh.backbone, 2)}
     old, new = _params(pretrained), _params(fresh)
     for name in old:
@@ -259,8 +260,8 @@ def test_a_trained_run_writes_history_curves_and_no_leftover_checkpoint(tmp_path
 CHILD = """
 import os, signal, sys
 import transferlab
-from transferlab import prefix_cache
-from transferlab.data import loader
+from transferlab.training import prefix_cache
+from transferlab.training import batches as loader
 
 epochs_started = [0]
 
@@ -309,7 +310,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(tmp_path, m
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("transferlab.engine.Trainer._train_epoch", broken)
+    monkeypatch.setattr("transferlab.training.engine.Trainer._train_epoch", broken)
     with pytest.raises(RuntimeError):
         transferlab.train(colour_folder(tmp_path / "data", RGB, 12, 40), out=tmp_path / "runs", name="x", **FAST)
     assert list((tmp_path / "runs").iterdir()) == []

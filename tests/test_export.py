@@ -12,9 +12,9 @@ import torch
 import transferlab
 from transferlab import ImageClassifier, TransferlabError
 from transferlab.config import RunConfig
-from transferlab.export import export, image_pixels, read_metadata
-from transferlab.strategies import resolve
-from transferlab.training import build_network
+from transferlab.inference.export import export, image_pixels, read_metadata
+from transferlab.training.strategies import resolve
+from transferlab.models.factory import ModelSpec, build_model
 
 TOL = 1e-4
 
@@ -38,9 +38,10 @@ def lite0_run(tmp_path_factory):
     """A run of tf_efficientnet_lite0 with the packaged ImageNet weights, saved as training saves
     it; the head is untrained (training would only slow the test, not change what is exported)."""
     cfg = resolve(RunConfig(strategy="frozen", image_size=96))
-    network, pre, weights = build_network(cfg, num_classes=2)
+    spec = ModelSpec.from_options(cfg.to_dict(), 2)
+    network, pre, weights = build_model(spec)
     clf = ImageClassifier(strategy="frozen", image_size=96, progress=False)
-    clf.classes_, clf.config_, clf.preprocess_, clf.weights_ = ["ants", "bees"], cfg, pre, weights
+    clf.classes_, clf.config_, clf.spec_, clf.preprocess_, clf.weights_ = ["ants", "bees"], cfg, spec, pre, weights
     clf.network_ = network.eval()
     return clf.save(tmp_path_factory.mktemp("runs") / "lite0")
 
@@ -143,7 +144,7 @@ def test_bilinear_run_exports_and_agrees(bilinear_run, tmp_path):
 
 def test_an_export_that_disagrees_is_not_kept(bilinear_run, monkeypatch):
     run, _ = bilinear_run
-    monkeypatch.setattr("transferlab.export.TOLERANCE", -1.0)  # any difference, even 0, fails
+    monkeypatch.setattr("transferlab.inference.export.TOLERANCE", -1.0)  # any difference, even 0, fails
     with pytest.raises(TransferlabError, match="disagrees") as err:
         export(run, format="torchscript")
     assert "\n" not in str(err.value)

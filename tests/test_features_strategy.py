@@ -90,7 +90,7 @@ def test_unreadable_files_are_skipped_and_reported_once_by_name(hymenoptera, tmp
 def test_the_api_has_scikit_learns_shape(hymenoptera, tmp_path):
     splits = split_source(load_source(hymenoptera), seed=0)
     clf = ImageClassifier(image_size=128, progress=False)
-    assert clf.fit(splits.train, splits.val) is clf
+    assert clf.fit(splits.train, val=splits.val) is clf
     assert clf.classes_ == ["ants", "bees"]
     paths = [im.source for im in splits.test.images[:10]]
     proba = clf.predict_proba(paths)
@@ -102,9 +102,11 @@ def test_the_api_has_scikit_learns_shape(hymenoptera, tmp_path):
     clf.save(tmp_path / "model")
     loaded = ImageClassifier.load(tmp_path / "model")
     assert np.allclose(loaded.predict_proba(paths), proba, atol=1e-5)
-    # without the feature cache the full network runs on the pixels and agrees
-    loaded.feature_cache = False
-    assert np.allclose(loaded.predict_proba(paths), proba, atol=1e-4)
+    # `transferlab predict` runs the full network on the pixels, and agrees
+    predicted = transferlab.predict(tmp_path / "model", [str(p) for p in paths], top_k=2, progress=False)
+    by_pixels = [[{t["class"]: t["probability"] for t in r["top"]}[c] for c in clf.classes_]
+                 for r in predicted["predictions"]]
+    assert np.allclose(by_pixels, proba, atol=1e-4)
 
 
 def test_the_saved_network_predicts_from_pixels_like_the_features_path(hymenoptera_run, hymenoptera):

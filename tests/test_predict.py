@@ -11,9 +11,9 @@ import torch
 import transferlab
 from transferlab.cli import main
 from transferlab.data.decode import decode
-from transferlab.inference import ten_views
+from transferlab.inference.probabilities import ten_views
 from transferlab.models.network import to_batch
-from transferlab.predict import predict
+from transferlab.inference.predict import predict
 
 RGB = ("red", "green", "blue")
 

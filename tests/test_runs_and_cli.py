@@ -53,7 +53,7 @@ def test_a_run_that_fails_while_saving_leaves_nothing_half_written(colours, tmp_
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("transferlab.api.write_json", broken)
+    monkeypatch.setattr("transferlab.workflows.train.write_json", broken)
     with pytest.raises(OSError):
         transferlab.train(colours, out=tmp_path / "runs", name="x", weights="none", image_size=32,
                           backbone="mobilenetv2_050", progress=False)

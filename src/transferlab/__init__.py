@@ -4,14 +4,15 @@ __version__ = "0.1.0"
 
 # Names resolve on first use, so `transferlab --help` and `import transferlab` do not pay for
 # importing torch, timm and scikit-learn (several seconds) before they are needed.
+# No name here is also the name of a submodule of transferlab: importing that submodule would
+# replace the function with the module.
 _EXPORTS = {
-    "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.sources",
+    "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.types",
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
-    "layers": "api", "compare": "api", "read_metadata": "export",
+    "layers": "api", "compare": "api", "predict": "inference.predict",
+    "export": "inference.export", "read_metadata": "inference.export", "Callback": "training.callbacks",
 }
-# export() and predict() live in transferlab.export and transferlab.predict: a package attribute
-# of the same name as a submodule is replaced by the module once it is imported.
 __all__ = sorted(_EXPORTS)
 
 

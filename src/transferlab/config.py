@@ -1,31 +1,39 @@
-"""The run configuration: one flat dataclass whose keys are the CLI options, the API arguments and
-the keys of config.yaml. A value left at None is chosen by the strategy (strategies.resolve) and
-the chosen value is what config.yaml records."""
+"""The run configuration: flat dataclasses whose keys are the CLI options, the API arguments and
+the keys of config.yaml. `FitOptions` are how a classifier is fitted (ImageClassifier's
+parameters); `RunConfig` adds where the data comes from and where the run is written. A value
+left at None is chosen by the strategy (training.strategies.resolve) and the chosen value is what
+config.yaml records. `validate` checks every option, before any data or weights load."""
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from .errors import TransferlabError
-from .models.heads import HEAD_HELP, parse_head
+from .models.heads import HEAD_HELP, parse_branch_dropout, parse_head
+from .models.registry import DEFAULT_BACKBONE, WEIGHT_SOURCES
 
+# Options with a fixed set of values; validate() checks them before any data or weights load.
 STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch")
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # the packaged offline weights; works without a network
+OPTIMIZERS = ("adamw", "sgd", "adam", "rmsprop")
+SCHEDULES = ("cosine", "constant", "step", "onecycle")
 AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
+BALANCE = ("none", "weights", "sampler")
+MONITORS = ("val_loss", "val_accuracy")
+CIFAR_LABELS = ("fine", "coarse")
 
 
 def opt(default, help: str, group: str = "training", choices=None):
     return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
-@dataclass
-class RunConfig:
-    data: str = opt("digits", "folder, .csv, CIFAR archive or 'digits'", "data")
+@dataclass(kw_only=True)
+class FitOptions:
     strategy: str = opt("features", "how the pretrained network is reused", "model", STRATEGIES)
     backbone: str | None = opt(None, f"timm model name, or basenet / basenet-plus for scratch "
                                      f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`)", "model")
@@ -55,18 +63,20 @@ class RunConfig:
     epochs: int | None = opt(None, "epochs (finetune: of phase 2; early stopping may end sooner)")
     head_epochs: int | None = opt(None, "finetune, bilinear: epochs of phase 1, head only")
     lr: float | None = opt(None, "learning rate of the head (and of everything for scratch)")
-    optimizer: str | None = opt(None, "adamw, sgd, adam or rmsprop (default adamw; sgd for scratch)")
+    optimizer: str | None = opt(None, "adamw, sgd, adam or rmsprop (default adamw; sgd for scratch)",
+                                choices=OPTIMIZERS)
     weight_decay: float | None = opt(None, "weight decay (default 0.01 for adam(w), 5e-4 otherwise)")
     momentum: float = opt(0.9, "momentum for sgd and rmsprop")
     nesterov: bool = opt(False, "Nesterov momentum for sgd")
-    schedule: str = opt("cosine", "learning-rate schedule: cosine, constant, step or onecycle")
+    schedule: str = opt("cosine", "learning-rate schedule: cosine, constant, step or onecycle",
+                        choices=SCHEDULES)
     warmup_epochs: float | None = opt(None, "linear warm-up at the start of a phase (default 1 for finetune phase 2)")
     milestones: str = opt("", "step schedule: epochs where the rate drops, e.g. 25,50")
     gamma: float = opt(0.1, "step schedule: factor at each milestone")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
     balance: str = opt("none", "imbalanced classes: none, weights (loss weights) or sampler", "training",
-                       ("none", "weights", "sampler"))
-    monitor: str = opt("val_loss", "early stopping metric", "training", ("val_loss", "val_accuracy"))
+                       BALANCE)
+    monitor: str = opt("val_loss", "early stopping metric", "training", MONITORS)
     patience: int | None = opt(None, "epochs without improvement before stopping (default 10; 5 for finetune)")
     min_delta: float = opt(1e-4, "smallest change that counts as an improvement")
     batch_size: int = opt(32, "images per batch")
@@ -90,22 +100,29 @@ class RunConfig:
     featurewise_norm: bool | None = opt(None, "normalise with the training set's own mean and std "
                                               "(default on for scratch)", "augmentation")
 
-    val_fraction: float = opt(0.15, "share for validation when the data has no val split", "data")
-    test_fraction: float = opt(0.15, "share held out for the score when the data has no test or val split", "data")
-    classes: str = opt("", "keep only these classes, comma-separated", "data")
-    dedupe: bool = opt(False, "drop val/test images that are exact copies of images in an earlier split "
-                              "(keeping the train copy); metrics.json lists them", "data")
-    cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", ("fine", "coarse"))
-    out: str = opt("runs", "folder for run directories", "output")
-    name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
-    tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
     feature_cache: bool = opt(True, "read and write the on-disk feature cache", "output")
     cache_dir: str | None = opt(None, "feature cache folder (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)", "output")
     device: str = opt("auto", "auto, cpu or cuda[:N]", "output")
     amp: bool = opt(True, "mixed precision (bf16) on GPU", "output")
     compile: bool = opt(False, "torch.compile the network (GPU)", "output")
 
-    def validate(self) -> "RunConfig":
+
+@dataclass(kw_only=True)
+class RunConfig(FitOptions):
+    data: str = opt("digits", "folder, .csv, CIFAR archive or 'digits'", "data")
+    val_fraction: float = opt(0.15, "share for validation when the data has no val split", "data")
+    test_fraction: float = opt(0.15, "share held out for the score when the data has no test or val split", "data")
+    classes: str = opt("", "keep only these classes, comma-separated", "data")
+    dedupe: bool = opt(False, "drop val/test images that are exact copies of images in an earlier split "
+                              "(keeping the train copy); metrics.json lists them", "data")
+    cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", CIFAR_LABELS)
+    out: str = opt("runs", "folder for run directories", "output")
+    name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
+    tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
+
+    def validate(self, check_files: bool = True) -> "RunConfig":
+        """Every option checked; `check_files`: also that weights files exist (not when reading
+        back a finished run, whose weights file may be long gone)."""
         def bad(option: str, why: str):
             raise TransferlabError(f"--{option.replace('_', '-')} {getattr(self, option)} {why}")
 
@@ -113,10 +130,19 @@ class RunConfig:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
-                raise TransferlabError(f"--{f.name.replace('_', '-')} '{value}' is not known: choose one "
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise TransferlabError(f"--{f.name.replace('_', '-')} '{value}' is not known{hint}: choose one "
                                        f"of {', '.join(choices)}")
         if self.head is not None:
             parse_head(self.head)
+        for key in ("weights", "weights2") if check_files else ():
+            value = getattr(self, key)
+            if value not in WEIGHT_SOURCES and not Path(value).expanduser().is_file():
+                raise TransferlabError(f"--{key} '{value}' is not a file and not one of {', '.join(WEIGHT_SOURCES)}: "
+                                       "give a .safetensors or PyTorch state-dict file, or auto, hub or none")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
+            bad("device", "is not auto, cpu, cuda or cuda:N")
         for key in ("epochs", "head_epochs", "patience"):
             if getattr(self, key) is not None and int(getattr(self, key)) < (0 if key == "head_epochs" else 1):
                 bad(key, "must be at least " + ("0" if key == "head_epochs" else "1"))
@@ -152,16 +178,11 @@ class RunConfig:
         return self
 
     def branch_dropouts(self) -> tuple[float, float]:
-        try:
-            values = [float(v) for v in str(self.branch_dropout).split(",") if v.strip()]
-        except ValueError:
-            values = []
-        if len(values) == 1:
-            values *= 2
-        if len(values) != 2 or not all(0 <= v < 1 for v in values):
+        rates = parse_branch_dropout(self.branch_dropout)
+        if rates is None:
             raise TransferlabError(f"--branch-dropout '{self.branch_dropout}' must be one or two rates in "
                                    "[0, 1), e.g. 0.5 or 0.5,0.5")
-        return values[0], values[1]
+        return rates
 
     def milestone_list(self) -> tuple[int, ...]:
         try:
@@ -177,7 +198,7 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, origin: str = "config") -> "RunConfig":
+    def from_dict(cls, values: dict, origin: str = "config", check_files: bool = True) -> "RunConfig":
         known = {f.name for f in fields(cls)}
         for key in values:
             if key not in known:
@@ -196,7 +217,7 @@ class RunConfig:
             elif k in ("unfreeze", "branch_dropout") and v is not None:
                 v = str(v)
             clean[k] = v
-        return cls(**clean).validate()
+        return cls(**clean).validate(check_files)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
@@ -211,6 +232,5 @@ class RunConfig:
         return cls.from_dict(values, origin=str(path))
 
     def model_options(self) -> dict:
-        """The arguments of ImageClassifier this configuration sets."""
-        skip = {"data", "val_fraction", "test_fraction", "classes", "cifar_labels", "out", "name", "dedupe"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        """The options that decide how the classifier is fitted: ImageClassifier's parameters."""
+        return {f.name: getattr(self, f.name) for f in fields(FitOptions)}

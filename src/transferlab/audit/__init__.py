@@ -38,7 +38,8 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     from ..data.sources import load_source
     from ..data.split import split_source
     from ..errors import TransferlabError
-    from ..runs import read_run_file, write_json
+    from ..common.atomic import write_json
+    from ..common.run_files import read_run_file
     from . import report
 
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..data.sources import ImageRef, ImageSet
+from ..data.types import ImageRef, ImageSet
 from ..data.split import Splits
 
 log = logging.getLogger("transferlab")

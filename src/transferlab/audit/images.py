@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.decode import UnreadableImage, decode
-from ..data.sources import ImageRef
+from ..data.types import ImageRef
 
 TINY_SIDE = 32           # shorter side below this many pixels: little left for any network to see
 HUGE_PIXELS = 40_000_000  # above this, every pass over the image costs seconds of decoding

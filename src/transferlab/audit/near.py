@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sources import ImageRef
+from ..data.types import ImageRef
 
 # Calibrated with the default backbone (tf_efficientnet_lite0, packaged weights) by
 # benchmarks/audit.py. Backbone features alone do not separate a re-encoded copy from a
@@ -49,21 +49,20 @@ def backbone_features(images: list[ImageRef], backbone: str | None = None, weigh
                       cache_dir: str | None = None, feature_cache: bool = True, batch_size: int = 32,
                       progress: bool = True) -> Features:
     """Pooled, L2-normalised features of every readable image, through the feature cache."""
-    from torch import nn
-
+    from ..common.paths import cache_root
     from ..config import RunConfig
-    from ..features import FeatureStore, default_cache_dir, extract_features, extractor_key
-    from ..models.backbones import create_backbone
-    from ..models.network import Network
-    from ..strategies import resolve
+    from ..features.extract import extract_features, extractor_key
+    from ..features.store import FeatureStore
+    from ..models.factory import ModelSpec, build_model
+    from ..training.strategies import resolve
 
     # The `features` strategy's own resolution: the same backbone, weights and input size.
     cfg = resolve(RunConfig(strategy="features", backbone=backbone, weights=weights))
-    net, preprocess, info = create_backbone(cfg.backbone, cfg.weights, cfg.image_size, cfg.seed)
-    network = Network(net, nn.Identity(), preprocess.mean, preprocess.std).eval()
-    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if feature_cache else None
-    store = FeatureStore.for_extractor(extractor_key(cfg.backbone, info.identity, preprocess), cache)
-    ex = extract_features(network, images, preprocess, store, batch_size, progress=progress,
+    built = build_model(ModelSpec(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size,
+                                  seed=cfg.seed))
+    cache = cache_root(cache_dir) if feature_cache else None
+    store = FeatureStore.for_extractor(extractor_key(cfg.backbone, built.weights.identity, built.preprocess), cache)
+    ex = extract_features(built.network.eval(), images, built.preprocess, store, batch_size, progress=progress,
                           desc="audit features")
     vectors = ex.features.astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

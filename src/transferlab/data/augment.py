@@ -25,9 +25,9 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..config import AUGMENT_PRESETS
 from ..errors import TransferlabError
 
-AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
 
 # RandomResizedCrop's aspect-ratio range (the torchvision / timm default).
 _CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)

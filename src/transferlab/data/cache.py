@@ -6,12 +6,15 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from .decode import DEFAULT_MAX_PIXELS, UnreadableImage, decode
-from .sources import ImageRef
+from .types import ImageRef, ImageSet
+
+if TYPE_CHECKING:
+    from ..models.preprocess import Preprocess
 
 DEFAULT_BUDGET_MB = int(os.environ.get("TRANSFERLAB_DECODE_CACHE_MB", "4096"))
 
@@ -102,3 +105,15 @@ def iter_decoded(images: Sequence[ImageRef], shorter_side: int, interpolation: s
             nxt = start + batch_size
             pending = ahead.submit(load, nxt) if nxt < len(images) else None
             yield current
+
+
+def readable(images: ImageSet, preprocess: Preprocess, batch_size: int = 64,
+             decoded: DecodedImages | None = None) -> tuple[ImageSet, list[UnreadableImage]]:
+    """Decode every image once (filling the cache); return the readable ones and the failures."""
+    ok = np.zeros(len(images), dtype=bool)
+    failures: list[UnreadableImage] = []
+    for positions, _, failed in iter_decoded(images.images, preprocess.resize_size,
+                                             preprocess.interpolation, batch_size, decoded):
+        ok[positions] = True
+        failures += failed
+    return images.subset(np.flatnonzero(ok)), failures

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import TransferlabError
-from .sources import ImageRef, ImageSet, Source
+from .types import ImageRef, ImageSet, Source
 
 LABEL_SETS = ("fine", "coarse")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")

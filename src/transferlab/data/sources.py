@@ -2,21 +2,23 @@
 
 A source yields images (files or in-memory pixels), their labels, the class names and, when the
 data arrives already split (train/ val/ test/ folders, a CSV split column), each image's split.
-Nothing here decodes pixels; that is `decode.py`'s job.
+Nothing here decodes pixels; that is `decode.py`'s job. `gather_files` finds unlabelled images (files,
+folders, globs) for the commands that predict or explain.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
+import glob
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import TransferlabError
+from .cifar import is_cifar, load_cifar
+from .types import ImageRef, ImageSet, Source
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -28,79 +30,12 @@ SPLITS = ("train", "val", "test")
 DEMO_SETS = ("digits",)
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """One image: a file path or pixels in memory, with a key that changes when the image does."""
-
-    source: str | np.ndarray = field(compare=False)
-    key: str
-    name: str
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "ImageRef":
-        path = os.path.abspath(path)
-        try:
-            st = os.stat(path)
-            identity = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            identity = "missing"  # reported by the decoder, by name, when it tries to read it
-        return cls(source=path, key=f"file:{path}:{identity}", name=path)
-
-    @classmethod
-    def from_array(cls, pixels: np.ndarray, name: str) -> "ImageRef":
-        digest = hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-        digest = hashlib.sha1(f"{pixels.shape}{pixels.dtype}{digest}".encode()).hexdigest()
-        return cls(source=pixels, key=f"array:{digest}", name=name)
-
-
-@dataclass
-class ImageSet:
-    """Labelled images and the class names their integer labels index."""
-
-    images: list[ImageRef]
-    labels: np.ndarray
-    classes: list[str]
-    name: str = "data"
-
-    def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, indices) -> "ImageSet":
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet([self.images[i] for i in indices], self.labels[indices], self.classes, self.name)
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {c: int(n) for c, n in zip(self.classes, counts)}
-
-
-@dataclass
-class Source:
-    """Everything a data source yields; `splits[i]` is None where the data says nothing."""
-
-    images: ImageSet
-    splits: list[str | None]
-    root: str
-    ignored: list[str] = field(default_factory=list)  # files skipped for their extension
-
-    @property
-    def given_splits(self) -> set[str]:
-        return {s for s in self.splits if s is not None}
-
-
 def load_source(data: str | os.PathLike, cifar_labels: str = "fine",
                 classes: list[str] | None = None) -> Source:
     """Read a folder, a .csv file, a CIFAR archive or a demo set name into a Source.
 
     `classes` keeps only those classes (in the given names' sorted order); errors are one line.
     """
-    from .cifar import is_cifar, load_cifar
-
     text = str(data)
     path = Path(text).expanduser()
     if text in DEMO_SETS:
@@ -271,3 +206,23 @@ def _check_classes(source: Source) -> None:
         raise TransferlabError(
             f"found only {len(images.classes)} class{only} in '{source.root}': a classifier needs "
             "at least 2 classes, one sub-folder (or CSV label) per class")
+
+
+def gather_files(paths: list[str]) -> list[Path]:
+    """Image files named directly, inside folders (recursively) or matched by glob patterns."""
+    found: list[Path] = []
+    for given in paths:
+        matches = sorted(glob.glob(given, recursive=True)) if glob.has_magic(given) else [given]
+        if not matches:
+            raise TransferlabError(f"'{given}' matches no file: check the pattern (quote it so the shell "
+                                   "does not expand it)")
+        for match in map(Path, matches):
+            if match.is_dir():
+                found += sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            elif match.exists() or not glob.has_magic(given):
+                if not match.exists():
+                    raise TransferlabError(f"'{match}' does not exist: give image files, folders or globs")
+                found.append(match)
+    if not found:
+        raise TransferlabError(f"no images in {', '.join(paths)}: give image files, folders or globs")
+    return list(dict.fromkeys(found))

@@ -79,28 +79,35 @@ def _maybe(images: ImageSet, idx: np.ndarray) -> ImageSet | None:
     return images.subset(idx) if len(idx) else None
 
 
-def _carve(images: ImageSet, pool: np.ndarray, fraction: float, rng: np.random.Generator,
-           option: str, root: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, shuffle and cut off `fraction` (at least one image); return (cut, rest).
+def stratified_cut(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A mask over `labels`: per class, `fraction` of its members (at least one, never all) drawn
+    at random. A class with a single member is never cut.
 
-    Cutting per class keeps every class in every split, which a global stratified split cannot
+    Cutting per class keeps every class on both sides, which a global stratified split cannot
     promise for small classes.
     """
-    cut, rest = [], []
-    for label in range(len(images.classes)):
-        members = pool[images.labels[pool] == label]
-        if len(members) == 0:
-            continue
+    cut = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
         if len(members) < 2:
-            raise TransferlabError(
-                f"class '{images.classes[label]}' in '{root}' has {len(members)} image(s) left for "
-                f"training, too few to split off {option} {fraction:g}: add images to it, or set "
-                f"{option} 0")
+            continue
         members = members[rng.permutation(len(members))]
-        n = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
-        cut.append(members[:n])
-        rest.append(members[n:])
-    return np.sort(np.concatenate(cut)), np.sort(np.concatenate(rest))
+        cut[members[:min(max(1, int(round(fraction * len(members)))), len(members) - 1)]] = True
+    return cut
+
+
+def _carve(images: ImageSet, pool: np.ndarray, fraction: float, rng: np.random.Generator,
+           option: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+    """Cut `fraction` of each class off `pool` (indices into `images`); return (cut, rest)."""
+    labels = images.labels[pool]
+    counts = np.bincount(labels, minlength=len(images.classes))
+    for label, count in enumerate(counts):
+        if count == 1:
+            raise TransferlabError(
+                f"class '{images.classes[label]}' in '{root}' has 1 image(s) left for training, too few to "
+                f"split off {option} {fraction:g}: add images to it, or set {option} 0")
+    cut = stratified_cut(labels, fraction, rng)
+    return pool[cut], pool[~cut]
 
 
 def _check_train_covers_classes(images: ImageSet, train_idx: np.ndarray, root: str) -> None:

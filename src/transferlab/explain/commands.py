@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..data.sources import gather_files
 from ..errors import TransferlabError
+from ..models import saved
+from ..models.factory import ModelSpec, build_model
 from ..models.preprocess import Preprocess
 from .activations import activation_maps, open_target
 from .filters import grow_filter_images
@@ -39,20 +42,16 @@ def open_model(name: str, weights: str = "auto") -> Opened:
     """A run directory (one with model.json) or a timm backbone name with `weights`."""
     path = Path(name)
     if path.is_dir():
-        from ..classifier import ImageClassifier
-
         if not (path / "model.json").is_file() and not (path / "config.yaml").is_file():
             raise TransferlabError(f"'{path}' is a folder but not a transferlab run (no model.json): give a run "
                                    "directory or a backbone name")
-        clf = ImageClassifier.load(path)
-        return Opened(clf.network_, clf.preprocess_, list(clf.classes_), path.name, path)
+        model = saved.load(path)
+        return Opened(model.network, model.preprocess, [str(c) for c in model.classes], path.name, path)
     if "/" in name or os.sep in name:  # a path that is not there (timm names have no slash)
         raise TransferlabError(f"'{name}' does not exist: give a run directory or a backbone name "
                                "(see `transferlab backbones`)")
-    from ..models.backbones import create_backbone
-
-    backbone, preprocess, _ = create_backbone(name, weights)
-    return Opened(backbone, preprocess, None, name, None)
+    built = build_model(ModelSpec(backbone=name, weights=weights))
+    return Opened(built.network.eval(), built.preprocess, None, name, None)
 
 
 def _slug(text: str) -> str:
@@ -99,7 +98,6 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
     The grid shows the first GRID_LIMIT images. Returns {"layer", "images": [{"path", "class",
     "probability", "png"}], "grid", "unreadable"}."""
     from ..data.decode import UnreadableImage
-    from ..predict import gather
 
     opened = open_model(str(run))
     if opened.run is None:
@@ -108,7 +106,7 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
     if not 0 <= alpha <= 1:
         raise TransferlabError(f"--alpha {alpha} is outside [0, 1]: 0 shows the image, 1 the heatmap only")
     target = _class_index(opened.classes, class_name)
-    files = gather(paths)
+    files = gather_files(paths)
     size = opened.preprocess.input_size
     name = layer or default_layer(opened.model, size)
     open_target(opened.model, name)  # an unknown layer fails before any file is written

@@ -1,4 +1,5 @@
-"""The backbone registry: every timm model name, wildcard listing, close-match suggestions, creation."""
+"""Backbone names in one place: timm's model names and the registered ones (registry.py), with
+wildcard listing, close-match suggestions and creation with an explicit weights source."""
 
 from __future__ import annotations
 
@@ -8,37 +9,50 @@ import fnmatch
 import torch
 from torch import nn
 
-from ..config import DEFAULT_BACKBONE  # noqa: F401  (re-exported: the registry's default)
 from ..errors import TransferlabError
+from . import scratch  # noqa: F401  (registers basenet and basenet-plus)
 from .preprocess import Preprocess
+from .registry import REGISTERED, RegisteredBackbone
 from .weights import PACKAGED, WeightsInfo, load_weights
 
 
 def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """timm model names matching a shell-style wildcard (case-insensitive), sorted.
+    """Backbone names matching a shell-style wildcard (case-insensitive), sorted.
 
-    pretrained=True keeps names that have weights somewhere (packaged, or on the hub).
+    pretrained=True keeps names that have weights somewhere (packaged, or on the hub), and the
+    registered networks made to train from scratch.
     """
     import timm
 
     names = set(timm.list_models(pretrained=False))
     if pretrained:
         names = {n.split(".")[0] for n in timm.list_models(pretrained=True)} | set(PACKAGED)
-    from .scratch import SCRATCH_MODELS
-
-    names |= set(SCRATCH_MODELS)
+    names |= set(REGISTERED)
     pattern = pattern.lower()
     return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern))
+
+
+def registered(name: str | None) -> RegisteredBackbone | None:
+    """The registered network of that name, or None for a timm name."""
+    return REGISTERED.get(name) if name else None
+
+
+def trains_from_scratch(name: str | None) -> bool:
+    """A registered network without pretrained weights (it is made for --strategy scratch)."""
+    entry = registered(name)
+    return entry is not None and not entry.pretrained
+
+
+def scratch_backbones() -> list[str]:
+    return [name for name in REGISTERED if trains_from_scratch(name)]
 
 
 def check_backbone(name: str) -> None:
     import timm
 
-    from .scratch import SCRATCH_MODELS
-
-    if name in SCRATCH_MODELS or timm.is_model(name.split(".")[0]):
+    if name in REGISTERED or timm.is_model(name.split(".")[0]):
         return
-    close = difflib.get_close_matches(name, timm.list_models() + list(SCRATCH_MODELS), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, timm.list_models() + list(REGISTERED), n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise TransferlabError(
         f"unknown backbone '{name}': {hint}list names with `transferlab backbones '*{name[:4]}*'`")
@@ -46,16 +60,15 @@ def check_backbone(name: str) -> None:
 
 def create_backbone(name: str, weights: str = "auto", image_size: int | None = None,
                     seed: int = 0) -> tuple[nn.Module, Preprocess, WeightsInfo]:
-    """A timm backbone returning pooled features (its classifier removed), its preprocessing and
-    where its weights came from."""
+    """A backbone returning pooled features (a timm model with its classifier removed, or a
+    registered network), its preprocessing and where its weights came from."""
     import timm
-
-    from .scratch import SCRATCH_MODELS, create_scratch
 
     check_backbone(name)
     torch.manual_seed(seed)  # --weights none must give the same network for the same seed
-    if name in SCRATCH_MODELS:
-        model = create_scratch(name, image_size or 32)
+    entry = registered(name)
+    if trains_from_scratch(name):
+        model = entry.create(image_size or entry.input_size)
         preprocess = Preprocess.from_timm_config(model.pretrained_cfg, image_size)
         return model, preprocess, WeightsInfo("none", f"none:seed{seed}", f"random initialisation (seed {seed})")
     model = timm.create_model(name, pretrained=False)

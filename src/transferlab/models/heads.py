@@ -1,4 +1,5 @@
-"""Classifier heads on pooled features: linear, or an MLP (`mlp:1024,512`, `mlp-bn:512,256`)."""
+"""Classifier heads on pooled features: linear, or an MLP (`mlp:1024,512`, `mlp-bn:512,256`); and
+the option strings that describe heads, parsed without importing torch."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def parse_head(spec: str) -> tuple[str, list[int]]:
         if hidden and all(h > 0 for h in hidden):
             return kind, hidden
     raise TransferlabError(f"--head '{spec}' is not understood: use {HEAD_HELP}")
+
+
+def parse_branch_dropout(value) -> tuple[float, float] | None:
+    """A bilinear head's branch dropout: '0.5' -> (0.5, 0.5); '0.5,0.2' -> (0.5, 0.2); None when
+    it is not one or two rates in [0, 1)."""
+    try:
+        rates = [float(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        return None
+    rates = rates * 2 if len(rates) == 1 else rates
+    return (rates[0], rates[1]) if len(rates) == 2 and all(0 <= r < 1 for r in rates) else None
 
 
 def build_head(spec: str, in_features: int, num_classes: int, dropout: float = 0.0) -> "nn.Module":

@@ -31,11 +31,15 @@ class Normalize(nn.Module):
 
 
 class Network(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std):
+    """`input_size` (the side of the square input) is known to networks the factory built; it is
+    not part of the saved weights."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, mean, std, input_size: int | None = None):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
         self.head = head
+        self.input_size = input_size
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(pixels))

@@ -3,11 +3,13 @@
 Each is an `nn.Sequential` of named blocks ending in `flatten`, so it plugs into the network
 in place of a timm backbone: it takes normalised NCHW input and returns (N, num_features).
 It also carries the few timm attributes the rest of transferlab reads: `num_features`,
-`pretrained_cfg` (preprocessing) and `group_matcher` (per-block parameter groups).
+`pretrained_cfg` (preprocessing) and `group_matcher` (per-block parameter groups). Both are
+registered backbones (registry.py): their names work wherever a timm name does.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections import OrderedDict
 
@@ -15,10 +17,10 @@ import torch
 from torch import nn
 
 from ..errors import TransferlabError
+from .registry import REGISTERED, register_backbone
 
 SCRATCH_MODELS = ("basenet", "basenet-plus")
 
-_DEFAULT_HEADS = {"basenet": "mlp:512", "basenet-plus": "mlp-bn:512,256"}
 # Total downsampling of each model: the input side must be a multiple of it.
 _STRIDE = {"basenet": 4, "basenet-plus": 8}
 
@@ -107,9 +109,15 @@ def create_scratch(name: str, input_size: int = 32) -> torch.nn.Module:
         raise TransferlabError(
             f"--image-size {input_size} does not fit {key}: use a multiple of {stride} "
             f"that is at least 8, e.g. 32")
-    return _basenet(size) if key == "basenet" else _basenet_plus(size)
+    return _BUILDERS[key](size)
 
 
 def default_head(name: str) -> str:
     """The head spec that completes the model's classic dense layers."""
-    return _DEFAULT_HEADS[_check_name(name)]
+    return REGISTERED[_check_name(name)].default_head
+
+
+_BUILDERS = {"basenet": _basenet, "basenet-plus": _basenet_plus}
+register_backbone("basenet", input_size=32, default_head="mlp:512")(functools.partial(create_scratch, "basenet"))
+register_backbone("basenet-plus", input_size=32, default_head="mlp-bn:512,256")(
+    functools.partial(create_scratch, "basenet-plus"))

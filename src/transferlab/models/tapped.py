@@ -100,16 +100,3 @@ def tap(net: nn.Module, net2: nn.Module | None, layer: str | None, renorm2=None)
     if net2 is not None:
         taps2 = [resolve_layer(net2, second or default_layer(net2), "--layer (second backbone)")]
     return Tapped(net, taps, net2, taps2, renorm2)
-
-
-def bilinear_network(cfg, net: nn.Module, net2: nn.Module | None, renorm2, mean, std,
-                     num_classes: int) -> "Network":
-    """The `bilinear` strategy's network: the cut backbone(s) and a bilinear head, as `cfg` says."""
-    from .bilinear import BilinearHead
-    from .network import Network
-
-    tapped = tap(net, net2, cfg.layer, renorm2)
-    torch.manual_seed(cfg.seed)
-    head = BilinearHead(tapped.channels(64), num_classes, cfg.head, cfg.dropout, cfg.branch_dropouts(),
-                        cfg.bilinear_reduce, cfg.sketch_dim, cfg.seed)
-    return Network(tapped, head, mean, std)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import TransferlabError
+from .registry import WEIGHT_SOURCES
 
-WEIGHT_CHOICES = ("auto", "hub", "none")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def load_weights(model: nn.Module, name: str, weights: str, seed: int = 0) -> tu
         return _load_hub(model, name, tried=f"packaged (none for '{name}')")
     if weights == "hub":
         return _load_hub(model, name, tried="")
-    if weights in PACKAGED or weights == "packaged":
+    if weights == "packaged":
         if name not in PACKAGED:
             raise TransferlabError(
                 f"--weights packaged: no packaged weights for '{name}'; packaged weights exist for "
@@ -75,7 +75,7 @@ def _load_packaged(model: nn.Module, name: str) -> tuple[nn.Module, WeightsInfo]
 def _load_file(model: nn.Module, name: str, path: Path) -> tuple[nn.Module, WeightsInfo]:
     if not path.is_file():
         raise TransferlabError(
-            f"--weights '{path}' is not a file and not one of {', '.join(WEIGHT_CHOICES)}: give a "
+            f"--weights '{path}' is not a file and not one of {', '.join(WEIGHT_SOURCES)}: give a "
             ".safetensors or PyTorch state-dict file, or auto, hub or none")
     state = read_checkpoint(path)
     how = assign_state_dict(model, state, str(path), allow_by_position=True)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 import pathlib
-import uuid
 
+from ..common.atomic import replacing
 from ..errors import TransferlabError
 
 TRAIN_COLOUR = "#1f77b4"  # blue
@@ -119,14 +118,6 @@ def plot_curves(history: list[dict], path: pathlib.Path, smooth: float = 0.0) ->
     path = pathlib.Path(path)
     fig = _figure(history, smooth)
     FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its files are private (0600); an ordinary open honours the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     return path

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..common.atomic import write_text
+
 THUMBNAIL_PX = 160
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -133,18 +135,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    """Replace `path` in one step, so a browser or a copy never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its files are private (0600); an ordinary open honours the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)
 
 
 # ---------------------------------------------------------------------------- pictures

@@ -7,10 +7,9 @@ import math
 import torch
 from torch import nn
 
-from .errors import TransferlabError
+from ..config import OPTIMIZERS, SCHEDULES
+from ..errors import TransferlabError
 
-OPTIMIZERS = ("adamw", "sgd", "adam", "rmsprop")
-SCHEDULES = ("cosine", "constant", "step", "onecycle")
 
 
 def build_optimizer(groups: list[tuple[list[tuple[str, nn.Parameter]], float]], name: str,

@@ -16,13 +16,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..distributed import World
+from ..data.cache import DecodedImages, default_cache, iter_decoded
+from ..data.decode import UnreadableImage
 from ..errors import TransferlabError
 from ..models.network import to_batch
+from ..data.types import ImageSet
 from ..models.preprocess import Preprocess
-from .cache import DecodedImages, default_cache, iter_decoded
-from .decode import UnreadableImage
-from .sources import ImageSet
+from .distributed import World
 
 
 def shard_size(n: int, world: World, training: bool) -> int:
@@ -30,18 +30,6 @@ def shard_size(n: int, world: World, training: bool) -> int:
     if not world.active:
         return n
     return world.shard_len(n) if training else len(range(world.rank, n, world.size))
-
-
-def readable(images: ImageSet, preprocess: Preprocess, batch_size: int = 64,
-             decoded: DecodedImages | None = None) -> tuple[ImageSet, list[UnreadableImage]]:
-    """Decode every image once (filling the cache); return the readable ones and the failures."""
-    ok = np.zeros(len(images), dtype=bool)
-    failures: list[UnreadableImage] = []
-    for positions, _, failed in iter_decoded(images.images, preprocess.resize_size,
-                                             preprocess.interpolation, batch_size, decoded):
-        ok[positions] = True
-        failures += failed
-    return images.subset(np.flatnonzero(ok)), failures
 
 
 def epoch_order(labels: np.ndarray, gen: torch.Generator, shuffle: bool, balanced: bool) -> np.ndarray:

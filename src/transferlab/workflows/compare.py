@@ -19,9 +19,13 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig
-from .errors import TransferlabError
-from .runs import write_text
+from ..common.atomic import replacing, write_text
+from ..config import RunConfig
+from ..data.sources import load_source
+from ..errors import TransferlabError
+from ..report.html import write_comparison_report
+from .parallel import run_in_workers
+from .train import train
 
 log = logging.getLogger("transferlab")
 
@@ -94,8 +98,6 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
             name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1) -> Comparison:
     """`jobs` > 1 runs the (config, seed) runs in that many worker processes (one GPU each when
     there are GPUs); the table is the same as a serial run's."""
-    from .data.sources import load_source
-
     if seeds < 1:
         raise TransferlabError(f"--seeds {seeds} must be at least 1")
     if jobs < 1:
@@ -113,8 +115,6 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     if jobs == 1:
         outcomes = _serial(tasks, labels, progress, started)
     else:
-        from .parallel_runs import run_in_workers
-
         outcomes = run_in_workers(_attempt, tasks, jobs, labels, started)
     rows = []
     for ci, values in enumerate(spec.configs):
@@ -137,11 +137,9 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
 
 def _attempt(task: tuple, progress: bool = False) -> tuple[dict | None, str | None]:
     """(metrics, None) or (None, the error): one broken config must not cost the others their results."""
-    from . import api
-
     ci, seed, data, options, run = task
     try:
-        return _run_once(api, data, options, seed, run, progress), None
+        return _run_once(data, options, seed, run, progress), None
     except TransferlabError as err:
         return None, str(err)
     except Exception as err:
@@ -164,18 +162,18 @@ def _serial(tasks: list[tuple], labels: list[str], progress: bool, started: floa
     return outcomes
 
 
-def _run_once(api, data: str, options: dict, seed: int, run: Path, progress: bool) -> dict:
+def _run_once(data: str, options: dict, seed: int, run: Path, progress: bool) -> dict:
     """The run's metrics: read back when it finished earlier, continued when it was interrupted."""
     if (run / "metrics.json").is_file():
         log.info(f"  finished earlier: {run.name}")
         return {**json.loads((run / "metrics.json").read_text()), "run": run}
     if (run / "checkpoint.pt").is_file():
-        return {**api.train(resume=run, progress=progress).metrics, "run": run}
+        return {**train(resume=run, progress=progress).metrics, "run": run}
     if run.exists():
         shutil.rmtree(run)  # stopped before its first checkpoint: nothing to keep
     config = RunConfig.from_dict({**options, "data": str(data), "seed": seed, "out": str(run.parent),
                                   "name": run.name})
-    return {**api.train(config=config, progress=progress).metrics, "run": run}
+    return {**train(config=config, progress=progress).metrics, "run": run}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -235,8 +233,6 @@ def _write_outputs(path: Path, columns: list[str], rows: list[dict], varied: lis
     write_text(path / "comparison.csv", buffer.getvalue())
     write_text(path / "comparison.md", markdown_table(rows, varied))
     chart = accuracy_chart(rows, varied, path / "comparison.png")
-    from .report.html import write_comparison_report
-
     write_comparison_report(path, f"Comparison on {title}", columns, rows, chart)
 
 
@@ -277,7 +273,6 @@ def accuracy_chart(rows: list[dict], varied: list[str], target: Path) -> Path | 
     ax.set_xlim(max(0.0, low - 0.05), 1.0)
     ax.set_xlabel(f"test accuracy (mean ± std over {max(r['seeds'] for r in ok)} seeds)")
     fig.tight_layout()
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(target)
+    with replacing(target) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return target

@@ -11,50 +11,28 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TransferlabError
+from ..data.sources import gather_files
+from ..data.types import ImageRef
+from ..errors import TransferlabError
+from ..models import saved
+from .probabilities import predict_pixels
 
 FORMATS = ("table", "csv", "json")
-
-
-def gather(paths: list[str]) -> list[Path]:
-    """Image files named directly, inside folders (recursively) or matched by glob patterns."""
-    from .data.sources import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    for given in paths:
-        matches = sorted(glob.glob(given, recursive=True)) if glob.has_magic(given) else [given]
-        if not matches:
-            raise TransferlabError(f"'{given}' matches no file: check the pattern (quote it so the shell "
-                                   "does not expand it)")
-        for match in map(Path, matches):
-            if match.is_dir():
-                found += sorted(p for p in match.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-            elif match.exists() or not glob.has_magic(given):
-                if not match.exists():
-                    raise TransferlabError(f"'{match}' does not exist: give image files, folders or globs")
-                found.append(match)
-    if not found:
-        raise TransferlabError(f"no images in {', '.join(paths)}: give image files, folders or globs")
-    return list(dict.fromkeys(found))
 
 
 def predict(run: str | Path, paths: list[str], top_k: int = 3, tta: bool = False,
             batch_size: int = 32, progress: bool = True) -> dict:
     """{"predictions": [{"path", "top": [{"class", "probability"}, ...]}], "unreadable": [...]}."""
-    from .classifier import ImageClassifier
-    from .data.sources import ImageRef
-    from .inference import predict_pixels
-
     if top_k < 1:
         raise TransferlabError(f"--top-k {top_k} must be at least 1")
-    clf = ImageClassifier.load(run)
-    files = gather(paths)
+    model = saved.load(run)
+    files = gather_files(paths)
     refs = [ImageRef.from_file(f) for f in files]
-    proba, ok, failures = predict_pixels(clf.network_, refs, clf.preprocess_, batch_size, "cpu", progress, tta)
-    k = min(top_k, len(clf.classes_))
+    proba, ok, failures = predict_pixels(model.network, refs, model.preprocess, batch_size, "cpu", progress, tta)
+    k = min(top_k, len(model.classes))
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     readable = [f for f, good in zip(files, ok) if good]
-    predictions = [{"path": str(f), "top": [{"class": clf.classes_[j], "probability": float(p[j])} for j in idx]}
+    predictions = [{"path": str(f), "top": [{"class": model.classes[j], "probability": float(p[j])} for j in idx]}
                    for f, p, idx in zip(readable, proba, order)]
     return {"run": str(run), "tta": tta, "predictions": predictions,
             "unreadable": [str(f) for f in failures]}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from torch import nn
 
-from .config import DEFAULT_BACKBONE, RunConfig
+from ..config import RunConfig
+from ..errors import TransferlabError
+from ..models.backbones import registered, scratch_backbones, trains_from_scratch
+from ..models.registry import DEFAULT_BACKBONE
+from ..models.stages import last_stages
 from .engine import Phase
-from .errors import TransferlabError
-from .models.stages import last_stages, stage_groups
 
 # What a strategy uses for every option left at None. The recipes are the usual best practice
 # for small data: a warm head before unfreezing, a small backbone rate, cosine decay.
@@ -33,24 +34,21 @@ RECIPES: dict[str, dict] = {
 
 def resolve(config: RunConfig) -> RunConfig:
     """The configuration with every None replaced by the strategy's choice."""
-    from .models.scratch import SCRATCH_MODELS, default_head
-
     recipe = dict(RECIPES[config.strategy])
     recipe.setdefault("backbone", DEFAULT_BACKBONE)
     backbone = config.backbone or recipe["backbone"]
-    is_scratch = backbone in SCRATCH_MODELS
-    if config.strategy == "scratch" and not is_scratch:
+    if config.strategy == "scratch" and not trains_from_scratch(backbone):
         raise TransferlabError(f"--strategy scratch trains a small network from random weights: use "
-                               f"--backbone {' or '.join(SCRATCH_MODELS)} (got '{backbone}')")
-    if config.backbone2 and config.strategy != "bilinear":
-        raise TransferlabError("--backbone2 is for --strategy bilinear (an asymmetric bilinear head)")
-    if config.backbone2 in SCRATCH_MODELS:
-        raise TransferlabError(f"--backbone2 {config.backbone2} has no pretrained weights: use a timm backbone")
-    if is_scratch and config.strategy != "scratch":
+                               f"--backbone {' or '.join(scratch_backbones())} (got '{backbone}')")
+    if config.strategy != "scratch" and trains_from_scratch(backbone):
         raise TransferlabError(f"--backbone {backbone} has no pretrained weights: use it with "
                                "--strategy scratch")
-    if is_scratch:
-        recipe["head"] = default_head(backbone)
+    if config.backbone2 and config.strategy != "bilinear":
+        raise TransferlabError("--backbone2 is for --strategy bilinear (an asymmetric bilinear head)")
+    if trains_from_scratch(config.backbone2):
+        raise TransferlabError(f"--backbone2 {config.backbone2} has no pretrained weights: use a timm backbone")
+    if registered(backbone) is not None:
+        recipe["head"] = registered(backbone).default_head
     values = {}
     for key, value in config.to_dict().items():
         values[key] = recipe.get(key) if value is None and key in recipe else value
@@ -104,23 +102,3 @@ def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
         return [Phase("scratch", config.epochs, [(everything, lr)], _batchnorms(network, everything),
                       config.warmup_epochs)]
     raise ValueError(f"strategy {s} has no phases")  # features fits without the engine's phases
-
-
-def reinit_last_stages(backbone: nn.Module, name: str, count: int, seed: int) -> list[str]:
-    """Give the last `count` stages fresh weights (timm's own initialisation, same shapes);
-    returns the parameter names that changed."""
-    import timm
-
-    groups = stage_groups(backbone)
-    if count > len(groups):
-        raise TransferlabError(f"--reinit {count}: '{name}' has only {len(groups)} stages")
-    names = last_stages(backbone, count)
-    modules = {n.rpartition(".")[0] for n in names}
-    torch.manual_seed(seed)
-    fresh = timm.create_model(name, pretrained=False, num_classes=0).state_dict()
-    state = backbone.state_dict()
-    for key in state:
-        if key.rpartition(".")[0] in modules:
-            state[key] = fresh[key]
-    backbone.load_state_dict(state)
-    return names

@@ -20,15 +20,15 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data.loader import PixelBatches, epoch_order, shard_size
+from ..common.progress import progress_bar
+from ..data.types import ImageSet
+from ..models.network import Network
+from ..models.preprocess import Preprocess
+from ..models.stages import module_chain
+from .batches import PixelBatches, epoch_order, shard_size
 from .distributed import World
-from .data.sources import ImageSet
 from .engine import Phase, epoch_seed
-from .models.network import Network
-from .models.preprocess import Preprocess
-from .models.stages import module_chain
 
 log = logging.getLogger("transferlab")
 
@@ -181,8 +181,7 @@ class PrefixCache:
         network.eval().to(memory_format=torch.channels_last)
         store = None
         source = PixelBatches(images, pre, batch_size, augment)
-        bar = tqdm(total=len(images) * views, desc=f"caching {name}", unit="img", leave=False,
-                   disable=not progress or None)
+        bar = progress_bar(total=len(images) * views, desc=f"caching {name}", enabled=progress)
         with torch.inference_mode():
             for v in range(views):
                 # Each view pass is seeded on its own: rebuilding the cache (a resumed run) gives

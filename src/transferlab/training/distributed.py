@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import TransferlabError
+from ..errors import TransferlabError
 
 
 @dataclass(frozen=True)

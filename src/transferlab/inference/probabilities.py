@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
-from .data.cache import iter_decoded
-from .data.decode import UnreadableImage
-from .data.sources import ImageRef
-from .models.network import Network, to_batch
-from .models.preprocess import Preprocess
+from ..common.progress import progress_bar
+from ..data.cache import iter_decoded
+from ..data.decode import UnreadableImage
+from ..data.types import ImageRef
+from ..models.network import Network, to_batch
+from ..models.preprocess import Preprocess
 
 
 def ten_views(pixels: np.ndarray, size: int) -> list[np.ndarray]:
@@ -31,7 +30,7 @@ def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, ba
     ok = np.zeros(len(images), dtype=bool)
     failures: list[UnreadableImage] = []
     rows: list[np.ndarray] = []
-    bar = tqdm(total=len(images), desc="predict", unit="img", leave=False, disable=not progress or None)
+    bar = progress_bar(total=len(images), desc="predict", enabled=progress)
     with torch.inference_mode():
         for positions, pixels, failed in iter_decoded(images, pre.resize_size, pre.interpolation, batch_size):
             failures += failed

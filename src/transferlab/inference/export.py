@@ -24,8 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import TransferlabError
+from .. import __version__
+from ..common.atomic import replacing
+from ..data.cache import iter_decoded
+from ..data.types import ImageRef
+from ..errors import TransferlabError
+from ..models import saved
+from ..models.network import to_batch
 
 log = logging.getLogger("transferlab")
 
@@ -61,26 +66,20 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     the exported file and the PyTorch network. Returns {path, format, max_abs_diff,
     inputs_checked, metadata, exporter}.
     """
-    from .classifier import ImageClassifier
-
     fmt = str(format).strip().lower()
     if fmt not in FORMATS:
         raise TransferlabError(f"export: format '{format}' is not supported: choose one of "
                                f"{', '.join(FORMATS)}")
     run = Path(run)
-    clf = ImageClassifier.load(run)
+    model = saved.load(run)
     target = _target_path(run, fmt, out)
-    metadata = export_metadata(clf)
-    module = Probabilities(clf.network_).eval()
-    size = clf.preprocess_.input_size
+    metadata = export_metadata(model)
+    module = Probabilities(model.network).eval()
     # Batch 2 to trace, other batch sizes to check: a batch size baked into the graph shows up.
-    example = _random_pixels(2, size, seed=1)
-    checks = _check_batches(clf, check_images)
+    example = _random_pixels(2, model.preprocess.input_size, seed=1)
+    checks = _check_batches(model.preprocess, check_images)
     checked = sum(len(x) for x in checks)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(target) as tmp:
         if fmt == "onnx":
             data, exporter = _onnx_bytes(module, example, metadata)
             tmp.write_bytes(data)
@@ -95,22 +94,17 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
                 f"export: the {fmt} file disagrees with the PyTorch network (largest probability "
                 f"difference {diff:.3g} > {TOLERANCE:g}); nothing was written: report this with the "
                 f"backbone '{metadata['backbone']}'")
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     log.info("exported %s (%s, max |diff| %.2g over %d inputs)", target, exporter, diff, checked)
     return {"path": target, "format": fmt, "max_abs_diff": float(diff), "inputs_checked": checked,
             "metadata": metadata, "exporter": exporter}
 
 
-def export_metadata(clf) -> dict:
+def export_metadata(model: saved.SavedModel) -> dict:
     """What a deployment needs to feed the exported file and read its output."""
-    pre = clf.preprocess_
-    cfg = clf.config_
+    pre = model.preprocess
     return {
         "transferlab_export_format": EXPORT_FORMAT,
-        "classes": list(clf.classes_),
+        "classes": list(model.classes),
         "input_size": pre.input_size,
         "resize_size": pre.resize_size,
         "mean": list(pre.mean),
@@ -122,8 +116,8 @@ def export_metadata(clf) -> dict:
         "input_shape": ["batch", 3, pre.input_size, pre.input_size],
         "output_name": OUTPUT_NAME,
         "output": "probabilities (softmax over classes, in the order of 'classes')",
-        "backbone": cfg.backbone,
-        "strategy": cfg.strategy,
+        "backbone": model.spec.backbone,
+        "strategy": model.spec.strategy,
         "transferlab_version": __version__,
     }
 
@@ -157,10 +151,6 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def image_pixels(images: list, preprocess) -> torch.Tensor:
     """Float32 (N, 3, S, S) input of the exported file for image paths or ImageRefs, prepared
     exactly as prediction prepares them (decode, resize the shorter side, centre-crop)."""
-    from .data.cache import iter_decoded
-    from .data.sources import ImageRef
-    from .models.network import to_batch
-
     refs = [im if isinstance(im, ImageRef) else ImageRef.from_file(im) for im in images]
     crops = []
     for _, pixels, failed in iter_decoded(refs, preprocess.resize_size, preprocess.interpolation, 32):
@@ -187,12 +177,12 @@ def _random_pixels(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), generator=gen).float()
 
 
-def _check_batches(clf, check_images) -> list[torch.Tensor]:
-    size = clf.preprocess_.input_size
+def _check_batches(preprocess, check_images) -> list[torch.Tensor]:
+    size = preprocess.input_size
     # Saturated images too: the extremes are where a wrong scale or clipping shows first.
     batches = [_random_pixels(3, size, seed=2), torch.full((1, 3, size, size), 255.0)]
     if check_images:
-        real = image_pixels(list(check_images), clf.preprocess_)
+        real = image_pixels(list(check_images), preprocess)
         if len(real):
             batches.append(real)
     return batches

@@ -1,0 +1,278 @@
+"""The command table: each command's arguments, and what it runs (the API function of the same
+name, then printing its result). Nothing heavy is imported until a command runs, so `--help`
+and bad options answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from ..config import RunConfig
+from ..errors import TransferlabError
+from .parser import arg, stderr
+
+RUN = "a run directory written by `transferlab train`"
+PATHS = "image files, folders (searched recursively) or quoted globs"
+LAYER = "module name, stage-K or Keras name (see `transferlab layers`)"
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, bool], None]
+    arguments: list = field(default_factory=list)
+    description: str = ""
+    run_options: bool = False  # takes every RunConfig key as an option
+
+
+COMMANDS: list[Command] = []
+
+
+def command(name: str, help: str, arguments: list = (), description: str = "", run_options: bool = False):
+    def register(run: Callable[[argparse.Namespace, bool], None]):
+        COMMANDS.append(Command(name, help, run, list(arguments), description, run_options))
+        return run
+    return register
+
+
+@command("train", "train on an image folder, a CSV or a demo set; writes runs/<name>/",
+         description="Train a classifier and write a run directory.", run_options=True, arguments=[
+             arg("data", nargs="?", help="folder with one sub-folder per class (train/ val/ test/ split folders "
+                 "are used if present), a .csv of path,label[,split], or 'digits'"),
+             arg("--config", help="YAML file of run options (same keys); options given here override it"),
+             arg("--resume", metavar="RUN", help="continue an interrupted run from its last complete epoch"),
+             arg("--devices", type=int, metavar="N", help="data-parallel on N processes (one per GPU, or CPU "
+                 "processes with gloo): starts `torchrun --nproc-per-node N -m transferlab train ...`")])
+def train(args: argparse.Namespace, progress: bool) -> None:
+    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+    if args.resume:
+        from ..api import train as run_train
+
+        run = run_train(resume=args.resume, progress=progress, **given)
+    else:
+        if "data" not in given and not args.config:
+            raise TransferlabError("train needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")
+        base = RunConfig.from_yaml(args.config).to_dict() if args.config else {}
+        # Checked here, before PyTorch is imported: a wrong option fails in a fraction of a second.
+        config = RunConfig.from_dict({**base, **given}, origin="options")
+        from ..api import train as run_train
+
+        run = run_train(config=config, progress=progress)
+    if run.path is not None:  # ranks other than 0 of a data-parallel run write nothing
+        print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
+
+
+@command("evaluate", "score a saved run on labelled data",
+         description="Score a saved run on labelled data with the same class names.", arguments=[
+             arg("run", help=RUN), arg("data", help="folder, .csv or demo set with the run's class names"),
+             arg("--split", choices=("train", "val", "test"),
+                 help="which split of DATA (default: its held-out split, or all of it)"),
+             arg("--json", help="also write the metrics to this JSON file")])
+def evaluate(args: argparse.Namespace, progress: bool) -> None:
+    from ..api import evaluate as run_evaluate
+    from ..common.atomic import write_json
+
+    metrics = run_evaluate(args.run, args.data, args.split, progress=progress)
+    if args.json:
+        write_json(Path(args.json), metrics)
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images")
+
+
+@command("backbones", "list backbone names (timm), with wildcards",
+         description="List backbone names. Those marked 'offline' have packaged weights.", arguments=[
+             arg("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*' (default *)"),
+             arg("--pretrained", action="store_true", help="only backbones with pretrained weights")])
+def backbones(args: argparse.Namespace, progress: bool) -> None:
+    from ..models.backbones import list_backbones
+    from ..models.weights import PACKAGED
+
+    names = list_backbones(args.pattern, pretrained=args.pretrained)
+    if not names:
+        raise TransferlabError(f"no backbone matches '{args.pattern}': try a wider pattern such as "
+                               f"'*{args.pattern.strip('*')[:4]}*'")
+    for name in names:
+        print(f"{name}  (offline weights)" if name in PACKAGED else name)
+
+
+@command("predict", "classify image files, folders or globs with a saved run",
+         description="Top-k classes with probabilities for each image; unreadable files are listed, not fatal.",
+         arguments=[arg("run", help=RUN), arg("paths", nargs="+", help=PATHS),
+                    arg("--top-k", type=int, default=3, help="classes per image (default 3)"),
+                    arg("--format", default="table", choices=("table", "csv", "json"),
+                        help="output format (default table)"),
+                    arg("--output", help="write to this file instead of the screen"),
+                    arg("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)")])
+def predict(args: argparse.Namespace, progress: bool) -> None:
+    from ..inference.predict import predict as run_predict
+    from ..inference.predict import render
+
+    result = run_predict(args.run, args.paths, args.top_k, args.tta, progress=progress)
+    text = render(result, args.format)
+    if args.output:
+        from ..common.atomic import write_text
+
+        write_text(Path(args.output), text)
+        print(f"{len(result['predictions'])} predictions written to {args.output}")
+    else:
+        print(text, end="")
+    for line in result["unreadable"]:
+        stderr(f"unreadable: {line}")
+
+
+@command("export", "write a run's network as ONNX or TorchScript, checked against PyTorch",
+         description="Export a run (softmax included; input 0..255 RGB pixels, normalised inside) with its "
+                     "classes and preprocessing as metadata, then run the file and report its largest "
+                     "difference from PyTorch.", arguments=[
+             arg("run", help=RUN), arg("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx"),
+             arg("--out", help="file to write (default RUN/model.onnx or RUN/model.pt)"),
+             arg("--check-images", nargs="*", default=None, metavar="IMAGE",
+                 help="real images to compare the export on, besides random pixels")])
+def export(args: argparse.Namespace, progress: bool) -> None:
+    from ..inference.export import export as run_export
+
+    result = run_export(args.run, args.format, args.out, args.check_images)
+    print(f"{result['format']} written to {result['path']} ({result['exporter']}); largest probability "
+          f"difference from PyTorch {result['max_abs_diff']:.2g} over {result['inputs_checked']} inputs")
+
+
+@command("explain", "Grad-CAM: where in each image the run saw the evidence for its class",
+         description="Grad-CAM heatmaps over each image for the predicted class (or --class), saved as PNGs "
+                     "and one grid; unreadable files are listed, not fatal.", arguments=[
+             arg("run", help=RUN), arg("paths", nargs="+", help=PATHS),
+             arg("--layer", help="layer to explain: module name, stage-K or Keras name (default: the last stage, "
+                 "or at small input sizes the deepest one with enough cells; see `transferlab layers`)"),
+             arg("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one"),
+             arg("--out", help="folder for the PNGs (default RUN/explain)"),
+             arg("--alpha", type=float, default=0.45, help="heatmap opacity over the image (default 0.45)")])
+def explain(args: argparse.Namespace, progress: bool) -> None:
+    from ..explain.commands import GRID_LIMIT
+    from ..explain.commands import explain as run_explain
+
+    result = run_explain(args.run, args.paths, args.layer, args.class_name, args.out, args.alpha)
+    for item in result["images"]:
+        print(f"{item['path']}  {item['class']} {item['probability']:.3f}  -> {item['png']}")
+    for line in result["unreadable"]:
+        stderr(f"unreadable: {line}")
+    if not result["grid"]:
+        raise TransferlabError("no readable image to explain: see the unreadable files above")
+    shown = "" if len(result["images"]) <= GRID_LIMIT else f" (the first {GRID_LIMIT})"
+    print(f"Grad-CAM at {result['layer']}: {len(result['images'])} image(s), grid{shown} {result['grid']}")
+
+
+@command("filters", "what channels of a layer respond to: pictures grown by gradient ascent",
+         description="For each of the first --count channels of --layer, an image grown from noise to excite "
+                     "it (jitter, blur and decay regularise, coarse to fine), as a grid PNG.", arguments=[
+             arg("model", metavar="BACKBONE|RUN", help="a timm backbone name or a run directory"),
+             arg("--layer", required=True, help=LAYER),
+             arg("--count", type=int, default=16, help="channels to show, from channel 0 (default 16)"),
+             arg("--size", type=int, default=96, help="picture size in pixels (default 96)"),
+             arg("--steps", type=int, default=60, help="gradient ascent steps (default 60)"),
+             arg("--seed", type=int, default=0, help="seed of the starting noise (default 0)"),
+             arg("--weights", default="auto", help="weights of a backbone name, as for train (default auto)"),
+             arg("--out", help="PNG file to write (default RUN/filters-LAYER.png or BACKBONE-filters-LAYER.png)")])
+def filters(args: argparse.Namespace, progress: bool) -> None:
+    from ..explain.commands import filters as run_filters
+
+    result = run_filters(args.model, args.layer, args.count, args.size, args.steps, args.seed, args.out, args.weights)
+    start, final = sorted(result["start"]), sorted(result["final"])
+    print(f"{result['channels']} channels of {result['layer']} -> {result['png']} (median mean activation "
+          f"{start[len(start) // 2]:.3g} on the starting noise, {final[len(final) // 2]:.3g} on the picture)")
+
+
+@command("activations", "the feature maps of one image at a layer, one tile per channel",
+         description="Run one image to --layer and write its feature maps as a grid PNG.", arguments=[
+             arg("model", metavar="RUN|BACKBONE", help="a run directory or a timm backbone name"),
+             arg("image", help="one image file"), arg("--layer", required=True, help=LAYER),
+             arg("--count", type=int, help="only the first COUNT channels (default all)"),
+             arg("--weights", default="auto", help="weights of a backbone name, as for train (default auto)"),
+             arg("--out", help="PNG file to write (default RUN/activations-IMAGE-LAYER.png)")])
+def activations(args: argparse.Namespace, progress: bool) -> None:
+    from ..explain.commands import activations as run_activations
+
+    result = run_activations(args.model, args.image, args.layer, args.count, args.out, args.weights)
+    h, w = result["map_size"]
+    print(f"{result['channels']} maps of {h}x{w} at {result['layer']} -> {result['png']}")
+
+
+@command("compare", "every config of a grid, once per seed: mean and std over seeds",
+         description="Run every config of a grid once per seed (resumable: finished runs are read back) and "
+                     "write comparison.csv, comparison.md, a chart and report.html.", arguments=[
+             arg("data", help="folder, .csv, CIFAR archive or 'digits', as for train"),
+             arg("--grid", required=True, help="YAML: base: {options}, grid: {key: [values]} (full product) "
+                 "and/or configs: [{options}, ...]"),
+             arg("--seeds", type=int, default=3, help="runs per config, seeds 0..N-1 (default 3)"),
+             arg("--first-seed", type=int, default=0, help="the first seed (default 0)"),
+             arg("--out", default="comparisons", help="folder for the comparison (default comparisons)"),
+             arg("--name", help="comparison folder name (default DATA-GRIDNAME; the same name resumes)"),
+             arg("--jobs", type=int, default=1, help="runs at a time, in worker processes: one GPU each when there "
+                 "are GPUs, a share of the CPU cores otherwise (default 1: one process)")])
+def compare(args: argparse.Namespace, progress: bool) -> None:
+    from ..api import compare as run_compare
+    from ..workflows.compare import markdown_table
+
+    result = run_compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress, args.jobs)
+    print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
+    print(f"comparison: {result.path}")
+
+
+@command("audit", "duplicates, leakage across splits, label conflicts, class counts, odd images",
+         description="Audit a data set on the splits train would make: exact duplicates (file content), "
+                     "near-duplicates (backbone features, confirmed by pixels), copies that cross "
+                     "train/val/test, duplicates with different labels, class counts, unreadable, tiny, huge, "
+                     "odd-aspect and grayscale images. Prints a table and writes audit.json and audit.html.",
+         arguments=[
+             arg("data", nargs="?", help="folder, .csv, CIFAR archive or 'digits', as for train "
+                 "(default with --run: the run's data)"),
+             arg("--threshold", type=float, help="cosine of backbone features at or above which two images are "
+                 "near-duplicates on features alone (default 0.9)"),
+             arg("--near", action=argparse.BooleanOptionalAction, default=True,
+                 help="look for near-duplicates (runs the backbone once per image, features cached; "
+                      "--no-near for the quick checks only)"),
+             arg("--out", help="folder for audit.json and audit.html (default audits/DATA-NAME)"),
+             arg("--run", help="audit this run's data and splits; also writes RUN/audit.json and an Audit "
+                 "section in RUN/report.html"),
+             arg("--val-fraction", type=float, help="as for train (default 0.15, or the run's)"),
+             arg("--test-fraction", type=float, help="as for train (default 0.15, or the run's)"),
+             arg("--seed", type=int, help="seed of the split, as for train (default 0, or the run's)"),
+             arg("--classes", help="keep only these classes, comma-separated, as for train")])
+def audit(args: argparse.Namespace, progress: bool) -> None:
+    from ..api import audit as run_audit
+    from ..audit.report import format_table
+
+    result = run_audit(args.data, args.threshold, args.near, args.out, args.run, progress,
+                       val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                       classes=args.classes)
+    print(format_table(result), end="")
+    print("written: " + ", ".join(result["written"]))
+
+
+@command("layers", "a backbone's layers: type, output shape, parameters, stage, Keras name",
+         description="Every named module of a backbone, from one forward of a dummy image: what --layer "
+                     "accepts and the stages --unfreeze counts.", arguments=[
+             arg("backbone", help="timm model name (see `transferlab backbones`)"),
+             arg("--input-size", type=int, help="input size in pixels (default: the backbone's)"),
+             arg("--filter", help="shell-style wildcard on the layer name, type or Keras name, e.g. 'blocks.5*'"),
+             arg("--unfreeze", default="1", help="mark what trains with this --unfreeze (default 1)")])
+def layers(args: argparse.Namespace, progress: bool) -> None:
+    from ..api import layers as run_layers
+    from ..models.summary import format_rows
+
+    table = format_rows(run_layers(args.backbone, args.input_size, args.unfreeze), args.filter)
+    if table.count("\n") == 0:
+        raise TransferlabError(f"--filter '{args.filter}' matches no layer of {args.backbone}: "
+                               "try a wildcard such as '*conv*'")
+    print(table)
+
+
+@command("demo", "the packaged offline backbone + `features` on the digits demo set",
+         description="Train the default backbone on scikit-learn's digits and print the score.",
+         arguments=[arg("--out", default="runs", help="folder for the run directory (default runs)")])
+def demo(args: argparse.Namespace, progress: bool) -> None:
+    from ..api import demo as run_demo
+
+    run = run_demo(out=args.out, progress=progress)
+    print(f"digits demo: {run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")

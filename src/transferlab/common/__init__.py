@@ -1,0 +1,1 @@
+"""Helpers every stage shares: atomic file writes, progress bars, where caches live, run files."""

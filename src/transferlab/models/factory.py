@@ -1,0 +1,120 @@
+"""The one place networks are built: a ModelSpec (everything that decides a network's structure
+and starting weights) goes in, the network, its preprocessing and its weights' origin come out.
+Training, loading a saved run, the audit's features, explain and `layers` all build through
+`build_model`, so a saved network is rebuilt exactly as it was trained."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping, NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import TransferlabError
+from .backbones import create_backbone, feature_dim
+from .bilinear import BilinearHead
+from .heads import build_head, parse_branch_dropout
+from .network import Network
+from .preprocess import Preprocess
+from .stages import last_stages, stage_groups
+from .tapped import tap
+from .weights import WeightsInfo
+
+log = logging.getLogger("transferlab")
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backbone: str
+    num_classes: int | None = None   # None: no head, the network returns the pooled features
+    strategy: str = "features"
+    weights: str = "auto"
+    image_size: int | None = None
+    head: str = "linear"
+    dropout: float = 0.0
+    reinit: int = 1                  # reinit: how many last stages get fresh weights
+    layer: str | None = None         # bilinear: the tapped layer(s)
+    backbone2: str | None = None
+    weights2: str = "auto"
+    branch_dropout: tuple[float, float] = (0.0, 0.0)
+    bilinear_reduce: int | None = None
+    sketch_dim: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: Mapping, num_classes: int | None) -> "ModelSpec":
+        """From run options (a resolved RunConfig's dict, or the `params` of an older model.json)."""
+        values = {f.name: options[f.name] for f in fields(cls) if options.get(f.name) is not None}
+        values["branch_dropout"] = parse_branch_dropout(options.get("branch_dropout", "0")) or (0.0, 0.0)
+        values["dropout"] = float(values.get("dropout", 0.0))
+        return cls(**{**values, "num_classes": num_classes})
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "ModelSpec":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        return cls(**{**values, "branch_dropout": tuple(values.get("branch_dropout", (0.0, 0.0)))})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["branch_dropout"] = list(self.branch_dropout)
+        return d
+
+
+class BuiltModel(NamedTuple):
+    network: Network
+    preprocess: Preprocess
+    weights: WeightsInfo
+
+
+def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
+    """The network `spec` describes. load_weights=False builds the structure only (random
+    weights, no re-initialisation), for saved weights to fill."""
+    weights = spec.weights if load_weights else "none"
+    backbone, pre, info = create_backbone(spec.backbone, weights, spec.image_size, spec.seed)
+    if spec.strategy == "reinit" and load_weights:
+        reinit_last_stages(backbone, spec.backbone, spec.reinit, spec.seed)
+    if spec.strategy == "bilinear":
+        return BuiltModel(_bilinear_network(spec, backbone, pre, load_weights), pre, info)
+    torch.manual_seed(spec.seed)
+    head = (build_head(spec.head, feature_dim(backbone), spec.num_classes, spec.dropout)
+            if spec.num_classes else nn.Identity())
+    return BuiltModel(Network(backbone, head, pre.mean, pre.std, pre.input_size), pre, info)
+
+
+def _bilinear_network(spec: ModelSpec, backbone: nn.Module, pre: Preprocess, load_weights: bool) -> Network:
+    """The cut backbone(s) and a bilinear head."""
+    net2 = renorm2 = None
+    if spec.backbone2:
+        net2, pre2, info2 = create_backbone(spec.backbone2, spec.weights2 if load_weights else "none",
+                                            pre.input_size, spec.seed)
+        if load_weights:
+            log.info(f"second backbone {spec.backbone2}: {info2.description}")
+        # The pixels arrive normalised for the first backbone; the second may expect others.
+        renorm2 = (pre.mean, pre.std, pre2.mean, pre2.std)
+    tapped = tap(backbone, net2, spec.layer, renorm2)
+    torch.manual_seed(spec.seed)
+    head = BilinearHead(tapped.channels(64), spec.num_classes, spec.head, spec.dropout, spec.branch_dropout,
+                        spec.bilinear_reduce, spec.sketch_dim, spec.seed)
+    return Network(tapped, head, pre.mean, pre.std, pre.input_size)
+
+
+def reinit_last_stages(backbone: nn.Module, name: str, count: int, seed: int) -> list[str]:
+    """Give the last `count` stages fresh weights (timm's own initialisation, same shapes);
+    returns the parameter names that changed."""
+    import timm
+
+    groups = stage_groups(backbone)
+    if count > len(groups):
+        raise TransferlabError(f"--reinit {count}: '{name}' has only {len(groups)} stages")
+    names = last_stages(backbone, count)
+    modules = {n.rpartition(".")[0] for n in names}
+    torch.manual_seed(seed)
+    fresh = timm.create_model(name, pretrained=False, num_classes=0).state_dict()
+    state = backbone.state_dict()
+    for key in state:
+        if key.rpartition(".")[0] in modules:
+            state[key] = fresh[key]
+    backbone.load_state_dict(state)
+    return names

@@ -1,0 +1,116 @@
+"""Training a network on pixels (frozen, finetune, reinit, bilinear, scratch): decode the images
+once, augment, cache the frozen prefix where it can be cut, and run the strategy's phases in the
+engine."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..common.paths import cache_root
+from ..config import RunConfig
+from ..data.augment import AugmentOptions, build_augment, build_batch_mix
+from ..data.types import ImageSet
+from ..models.network import Network
+from ..models.preprocess import Preprocess
+from . import prefix_cache
+from .batches import PixelBatches, channel_stats
+from .callbacks import Callback
+from .distributed import current
+from .engine import FitResult, Trainer, TrainSettings
+from .strategies import phases
+
+log = logging.getLogger("transferlab")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def fingerprint(*sets: ImageSet | None) -> str:
+    """Changes when any image or label of the given splits does: a resumed run must see the same data."""
+    digest = hashlib.sha1()
+    for s in sets:
+        if s is not None:
+            for ref, label in zip(s.images, s.labels):
+                digest.update(f"{ref.key}={label};".encode())
+        digest.update(b"|")
+    return digest.hexdigest()
+
+
+def train_settings(cfg: RunConfig, device: str = "cpu", class_weights: list[float] | None = None,
+                   channels_last: bool = True) -> TrainSettings:
+    return TrainSettings(
+        optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        schedule=cfg.schedule, milestones=cfg.milestone_list(), gamma=cfg.gamma,
+        label_smoothing=cfg.label_smoothing, class_weights=class_weights, monitor=cfg.monitor,
+        patience=cfg.patience, min_delta=cfg.min_delta, seed=cfg.seed, device=device, amp=cfg.amp,
+        channels_last=channels_last)
+
+
+def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageSet, val: ImageSet | None,
+                progress: bool = True, callbacks: Sequence[Callback] = ()) -> tuple[FitResult, Preprocess, str]:
+    """Train with the strategy's phases. Returns the result, the (possibly featurewise)
+    preprocessing, and which path ran (cached prefix or pixels)."""
+    if cfg.featurewise_norm:
+        mean, std = channel_stats(train, pre)
+        network.normalize.set_stats(mean, std)
+        pre = replace(pre, mean=mean, std=std)
+        log.info(f"featurewise normalisation: mean {np.round(mean, 3).tolist()} std {np.round(std, 3).tolist()}")
+    aug = AugmentOptions(preset=cfg.augment, scale_min=cfg.scale_min, width_shift=cfg.width_shift,
+                         height_shift=cfg.height_shift, rotation=cfg.rotation, zoom=cfg.zoom,
+                         hflip=cfg.hflip, magnitude=cfg.magnitude, mixup=cfg.mixup, cutmix=cfg.cutmix)
+    augment = build_augment(aug, pre.input_size)
+    mix = build_batch_mix(aug, len(train.classes))
+    strategy_phases = phases(cfg, network)
+    cache_dir = cache_root(cfg.cache_dir)
+    plan = prefix_cache.plan(network, strategy_phases, pre, len(train), len(val) if val is not None else 0,
+                             cfg.cache_views, cfg.cache_memory_mb, cache_dir,
+                             enabled=cfg.prefix_cache, mixing=mix is not None)
+    log.info(f"training path: {plan.describe()}")
+    device = resolve_device(cfg.device)
+    world = current()
+    # --batch-size is the global batch: each of N ranks takes 1/N of it, so a recipe's learning
+    # rate means the same on one process and on several.
+    batch_size = -(-cfg.batch_size // world.size)
+    if world.size > 1:
+        log.info(f"data-parallel on {world.size} ranks: {batch_size} images per rank and step")
+    cache = None
+    try:
+        if plan.use:
+            network.to(device)
+            cache = prefix_cache.PrefixCache(plan, cache_dir)
+            batch = max(cfg.batch_size, 64)
+            train_src = prefix_cache.CachedActivations(
+                cache.build(network, train, pre, augment, plan.views, cfg.seed, batch, "train", progress),
+                train.labels, batch_size, shuffle=True, balanced=cfg.balance == "sampler", world=world)
+            val_src = prefix_cache.CachedActivations(
+                cache.build(network, val, pre, None, 1, cfg.seed, batch, "val", progress),
+                val.labels, 256, shuffle=False, world=world) if val is not None else None
+            forward = prefix_cache.suffix_forward(network, plan)
+        else:
+            train_src = PixelBatches(train, pre, batch_size, augment, shuffle=True,
+                                     balanced=cfg.balance == "sampler", world=world)
+            val_src = PixelBatches(val, pre, batch_size, world=world) if val is not None else None
+            forward = prefix_cache.split_forward(network, plan)
+        class_weights = None
+        if cfg.balance == "weights":
+            counts = np.bincount(train.labels, minlength=len(train.classes))
+            class_weights = (len(train.labels) / (len(counts) * np.maximum(counts, 1))).tolist()
+        if cfg.compile:
+            network.compile()
+        trainer = Trainer(network, train_settings(cfg, device, class_weights), callbacks=callbacks,
+                          progress=progress, mix=mix, fingerprint=fingerprint(train, val), forward=forward)
+        result = trainer.fit(strategy_phases, train_src, val_src)
+    finally:
+        if cache is not None:
+            cache.close()
+    network.to("cpu").eval()
+    return result, pre, plan.describe()

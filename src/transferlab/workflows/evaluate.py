@@ -1,0 +1,47 @@
+"""`evaluate`: a saved run scored on other labelled data with the same class names."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..classifier import ImageClassifier, align_classes
+from ..data.sources import load_source
+from ..errors import TransferlabError
+from ..inference.metrics import compute_metrics, format_metrics
+
+log = logging.getLogger("transferlab")
+
+
+def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True) -> dict:
+    """Score a saved run on other labelled data; the data's class names must be the run's.
+
+    Data without splits is scored whole. Data with split folders is scored on its held-out part
+    (test/, or val/ when there is no test/), or on `split` when given.
+    """
+    clf = ImageClassifier.load(run)
+    clf.progress = progress
+    source = load_source(data)
+    images = source.images
+    given = source.given_splits
+    if split is None and given:
+        split = "test" if "test" in given else ("val" if "val" in given else "train")
+    if split is not None:
+        if split not in given:
+            raise TransferlabError(f"--split {split}: '{data}' has no {split} split "
+                                   f"(it has {', '.join(sorted(given)) or 'none'})")
+        images = images.subset(np.flatnonzero(np.array(source.splits, dtype=object) == split))
+    images = align_classes(images, clf.class_names(), f"data '{data}'")
+    proba, ok, failures = clf.predict_proba_readable(images.images)
+    if not ok.any():
+        raise TransferlabError(f"none of the images in '{data}' could be read: {failures[0]}")
+    metrics = compute_metrics(images.labels[ok], proba, clf.class_names())
+    metrics["skipped"] = [str(f) for f in failures]
+    metrics["data"], metrics["split"] = str(data), split or "all"
+    if failures:
+        log.warning(f"skipped {len(failures)} unreadable image(s): {failures[0]}"
+                    + (f" and {len(failures) - 1} more" if len(failures) > 1 else ""))
+    log.info(format_metrics(metrics, f"{Path(data).name} ({split or 'all'})"))
+    return metrics

@@ -1,0 +1,201 @@
+"""`train` and `demo`: load and split the data, fit an ImageClassifier with the run's callbacks
+(checkpoints, budget, TensorBoard), score every split and write the run directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..audit.duplicates import pre_training_check
+from ..classifier import ImageClassifier
+from ..common.atomic import write_json, write_yaml
+from ..common.run_files import default_run_name, unique_dir, write_history
+from ..config import RunConfig
+from ..data.decode import UnreadableImage, decode
+from ..data.sources import load_source
+from ..data.split import Splits, split_source
+from ..errors import TransferlabError
+from ..inference.metrics import compute_metrics, format_metrics
+from ..report.curves import plot_curves
+from ..report.html import GalleryItem, write_run_report
+from ..report.tensorboard import TensorBoard
+from ..training import distributed
+from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
+from ..training.fit import resolve_device
+from ..training.strategies import resolve
+
+log = logging.getLogger("transferlab")
+
+
+@dataclass
+class Run:
+    path: Path | None           # None on the ranks other than 0 of a data-parallel run
+    metrics: dict
+    classifier: ImageClassifier | None
+
+    @property
+    def score(self) -> float:
+        return self.metrics[self.metrics["score_split"]]["accuracy"]
+
+
+def train(data: str | None = None, config: RunConfig | None = None, progress: bool = True,
+          resume: str | Path | None = None, callbacks: Sequence[Callback] = (), **options) -> Run:
+    """Train one run and write its directory; `options` are RunConfig keys (same names as the CLI).
+
+    `resume` continues an interrupted run from its last complete epoch, with its own config.
+    `callbacks` join the run's own (training/callbacks.py) and see every epoch.
+    """
+    config = _run_config(data, config, resume, options)
+    # Under torchrun: join the process group; every rank trains, rank 0 alone writes.
+    world = distributed.init(resolve_device(config.device))
+    if world.size > 1 and config.strategy == "features" and not world.main:
+        return Run(None, {}, None)  # nothing trains by gradient: rank 0 does it alone
+    started = time.perf_counter()
+    checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
+    if checkpoint is not None:
+        done = checkpoint.epochs_done
+        log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
+    source, splits, audit_info = _splits(config)
+    path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
+    if checkpoint is None and path is not None:
+        checkpoint = Checkpoint(path)
+    clf = ImageClassifier(**config.model_options(), progress=progress)
+    run_callbacks = [c for c in (checkpoint, TensorBoard(path) if config.tensorboard and path else None) if c]
+    if config.budget is not None:
+        scored = sum(len(part) for name, part in splits.items() if name != "train")
+        run_callbacks.append(Budget(config.budget, started, reserve_images=scored))
+    try:
+        clf.fit(splits.train, val=splits.val, callbacks=[*run_callbacks, *callbacks])
+        if not world.main:
+            return Run(None, {}, clf)
+        metrics = _write_results(path, clf, config, splits, audit_info, started)
+    except BaseException:
+        if world.main:
+            _after_failure(path, resume is not None)
+        raise
+    _report(metrics, splits, path)
+    return Run(path, metrics, clf)
+
+
+def _run_config(data, config: RunConfig | None, resume, options: dict) -> RunConfig:
+    if resume is None:
+        values = (config or RunConfig()).to_dict()
+        values.update(options)
+        if data is not None:
+            values["data"] = str(data)
+        return resolve(RunConfig.from_dict(values))
+    path = Path(resume)
+    if options or data is not None:
+        raise TransferlabError("--resume continues a run with its own config.yaml: give no other options")
+    if (path / "metrics.json").is_file():
+        raise TransferlabError(f"run '{path}' has already finished: start a new run instead")
+    if not (path / "config.yaml").is_file():
+        raise TransferlabError(f"'{path}' is not a transferlab run (no config.yaml): pass the folder "
+                               "of an interrupted run")
+    return resolve(RunConfig.from_yaml(path / "config.yaml"))
+
+
+def _splits(config: RunConfig) -> tuple:
+    source = load_source(config.data, cifar_labels=config.cifar_labels, classes=config.class_list())
+    if source.ignored:
+        log.warning(f"ignored {len(source.ignored)} file(s) without an image extension, "
+                    f"e.g. {source.ignored[0]}")
+    splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
+    splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
+    log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
+    return source, splits, audit_info
+
+
+def _new_run_dir(config: RunConfig, data_name: str, main: bool) -> Path | None:
+    if not main:
+        return None
+    path = unique_dir(Path(config.out), config.name or default_run_name(data_name, config.strategy))
+    path.mkdir(parents=True)
+    write_yaml(path / "config.yaml", config.to_dict())
+    return path
+
+
+def _after_failure(path: Path, resumed: bool) -> None:
+    if not resumed and not (path / CHECKPOINT).exists():
+        shutil.rmtree(path, ignore_errors=True)  # nothing worth resuming: leave no trace
+    elif (path / CHECKPOINT).exists():
+        log.warning(f"run interrupted; continue it with `transferlab train --resume {path}`")
+
+
+def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
+                   started: float) -> dict:
+    metrics, held_out = score_splits(clf, splits)
+    metrics["audit"] = audit_info
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    clf.write_model_files(path)
+    write_history(path / "history.csv", clf.history_)
+    if clf.history_:
+        plot_curves(clf.history_, path / "curves.png")
+    write_run_report(path, config.to_dict(), metrics, clf.history_, worst_mistakes(*held_out, clf.class_names()))
+    write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
+    (path / CHECKPOINT).unlink(missing_ok=True)
+    return metrics
+
+
+def _report(metrics: dict, splits: Splits, path: Path) -> None:
+    if metrics["skipped"]:
+        skipped = metrics["skipped"]
+        log.warning(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped[:5])
+                    + (f"; and {len(skipped) - 5} more (all listed in metrics.json)" if len(skipped) > 5 else ""))
+    split = splits.score_split
+    log.info(format_metrics(metrics[split], f"{split} ({splits.origins[split]})"))
+    log.info(f"run saved to {path} ({metrics['seconds']:.1f} s)")
+
+
+def score_splits(clf: ImageClassifier, splits: Splits) -> tuple[dict, tuple]:
+    """Metrics on val and test, and on train where that is cheap (cached features); and the
+    score split's (readable images, labels, probabilities) for the report's gallery."""
+    metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "splits": {},
+               "fit": dict(clf.fit_info_)}
+    skipped = list(clf.skipped_)
+    names = clf.class_names()
+    held_out = ([], np.zeros(0, int), np.zeros((0, len(names))))
+    for name, part in splits.items():
+        if name == "train" and clf.config_.strategy != "features":
+            metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
+            continue
+        proba, ok, failures = clf.predict_proba_readable(part.images)
+        if name == "test":
+            skipped += [str(f) for f in failures]
+        metrics["splits"][name] = {"images": len(part), "readable": int(ok.sum()),
+                                   "from": splits.origins.get(name, "")}
+        metrics[name] = compute_metrics(part.labels[ok], proba, names)
+        if name == splits.score_split:
+            held_out = ([im for im, good in zip(part.images, ok) if good], part.labels[ok], proba)
+    if hasattr(clf, "feature_counts_"):
+        metrics["features"] = clf.feature_counts_
+    metrics["skipped"] = skipped
+    return metrics, held_out
+
+
+def worst_mistakes(images: list, labels: np.ndarray, proba: np.ndarray, classes: list[str],
+                   count: int = 12) -> list[GalleryItem]:
+    """The most confidently misclassified images, most confident first, as report thumbnails."""
+    predicted = proba.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-proba[wrong, predicted[wrong]], kind="stable")][:count]
+    items = []
+    for i in wrong:
+        try:
+            pixels = decode(images[i].source, 160)
+        except UnreadableImage:
+            continue  # it was read for scoring; a file changed since is no reason to fail the run
+        items.append(GalleryItem(pixels, classes[labels[i]], classes[predicted[i]],
+                                 float(proba[i, predicted[i]]), images[i].name))
+    return items
+
+
+def demo(out: str = "runs", progress: bool = True, **options) -> Run:
+    """The embedded default: the packaged offline backbone, `features`, on scikit-learn's digits."""
+    return train("digits", out=out, name=options.pop("name", "demo-digits"), progress=progress, **options)
