@@ -7,8 +7,9 @@ import os
 import re
 from pathlib import Path
 
+from ..common.atomic import write_text
 from ..data.decode import UnreadableImage, decode
-from ..report.html import _esc, _page, _table, _write_atomic, thumbnail_png, _img
+from ..report.html import data_uri, render, thumbnail_png
 from .duplicates import SPLIT_ORDER
 from .images import HUGE_PIXELS, ODD_ASPECT, TINY_SIDE
 
@@ -16,9 +17,6 @@ LISTED = 20       # lines per list in the terminal
 THUMBNAILS = 24   # flagged groups or pairs shown as pictures
 THUMB_PX = 120
 SECTION = re.compile(r'<section id="audit">.*?</section>', re.S)
-CSS = ("<style>.pairs{display:flex;flex-wrap:wrap;gap:12px}.pair{border:1px solid #ddd;padding:6px;"
-       "background:#fafafa;font-size:.8em;max-width:420px}.pair figure{display:inline-block;margin:0 4px;"
-       "width:124px;vertical-align:top;word-break:break-word}.pair .path{color:#777}</style>")
 
 
 def short(name: str, root: str) -> str:
@@ -101,44 +99,29 @@ def _num(value) -> str:
 
 # ---------------------------------------------------------------------------- html
 
-def _thumb(ref) -> str:
-    try:
-        return _img(thumbnail_png(decode(ref.source, THUMB_PX), THUMB_PX), "thumbnail", "thumb")
-    except (UnreadableImage, OSError):
-        return '<span class="note">unreadable</span>'
+def _figure(image: dict, refs: dict, root: str) -> dict:
+    """A flagged image as the section shows it: its thumbnail (None when it has no file to show
+    or cannot be read now), its split, label and path."""
+    ref, thumb, unreadable = refs.get(image["name"]), None, False
+    if ref is not None:
+        try:
+            thumb = data_uri(thumbnail_png(decode(ref.source, THUMB_PX), THUMB_PX))
+        except (UnreadableImage, OSError):
+            unreadable = True
+    return {"thumb": thumb, "unreadable": unreadable, "split": image["split"], "label": image["label"],
+            "path": short(image["name"], root)}
 
 
-def _figure(image: dict, refs: dict, root: str) -> str:
-    ref = refs.get(image["name"])
-    picture = _thumb(ref) if ref is not None else ""
-    return (f"<figure>{picture}<figcaption><b>{_esc(image['split'])}</b> · {_esc(image['label'])}"
-            f'<br><span class="path">{_esc(short(image["name"], root))}</span></figcaption></figure>')
-
-
-def _gallery(title: str, boxes: list[tuple[str, list[dict]]], refs: dict, root: str, total: int) -> str:
-    if not boxes:
-        return ""
-    parts = [f"<h3>{_esc(title)}</h3>"]
-    if total > THUMBNAILS:
-        parts.append(f'<p class="note">The first {THUMBNAILS} of {total}; audit.json lists all.</p>')
-    parts.append('<div class="pairs">')
-    for caption, images in boxes[:THUMBNAILS]:
-        parts.append(f'<div class="pair">{_esc(caption)}<br>'
-                     + "".join(_figure(i, refs, root) for i in images[:4]) + "</div>")
-    return "".join(parts) + "</div>"
+def _gallery(title: str, boxes: list[tuple[str, list[dict]]], refs: dict, root: str, total: int) -> dict:
+    return {"title": title, "total": total,
+            "boxes": [{"caption": caption, "figures": [_figure(i, refs, root) for i in images[:4]]}
+                      for caption, images in boxes[:THUMBNAILS]]}
 
 
 def html_section(result: dict, refs: dict) -> str:
     """<section id="audit"> with the summary, class counts and thumbnails of flagged images."""
     root = result["root"]
-    found = result["findings"]
-    parts = ['<section id="audit">', CSS, "<h2>Data audit</h2>",
-             f"<p>{_esc(result['data'])}: {result['images']} images. "
-             + (f"Findings: {_esc('; '.join(found))}." if found else "Nothing found.") + "</p>"]
     splits = [n for n in SPLIT_ORDER if n in result["splits"]]
-    rows = [[_esc(c)] + [str(result["splits"][n]["counts"].get(c, 0)) for n in splits] for c in result["classes"]]
-    parts.append(_table(["class"] + [f"{n} ({_esc(result['splits'][n]['from'])})" for n in splits], rows,
-                        numeric=set(range(1, len(splits) + 1))))
     near = result.get("near_duplicates") or []
     checks = [("exact-duplicate groups", len(result["exact_duplicates"])),
               ("copies leaked into a later split", sum(result["leaked_copies"].values())),
@@ -150,31 +133,32 @@ def html_section(result: dict, refs: dict) -> str:
               ("unreadable files", len(result["unreadable"])), ("tiny images", len(result["tiny"])),
               ("huge images", len(result["huge"])), ("odd-aspect images", len(result["odd_aspect"])),
               ("grayscale images", f"{result['grayscale']['images']} ({result['grayscale']['share']:.1%})")]
-    parts.append(_table(["check", "found"], [[_esc(k), _esc(v)] for k, v in checks], numeric={1}))
-    parts.append(_gallery("Leakage: identical files in different splits",
-                          [("identical files", g["images"]) for g in result["leakage"]], refs, root,
-                          len(result["leakage"])))
-    parts.append(_gallery("Label conflicts: identical files with different labels",
-                          [("identical files", g["images"]) for g in result["conflicts"]], refs, root,
-                          len(result["conflicts"])))
     flagged = sorted(near, key=lambda p: (not (p["cross_split"] or p["conflict"])))
-    parts.append(_gallery("Near-duplicate pairs (across splits and with different labels first)",
-                          [(f"cosine {p['cosine']:.3f}, pixels {_num(p['pixels']).strip()}"
-                            + (" · across splits" if p["cross_split"] else "")
-                            + (" · different labels" if p["conflict"] else ""), [p["a"], p["b"]])
-                           for p in flagged], refs, root, result.get("near_total") or 0))
-    others = [(kind, x) for kind in ("unreadable", "tiny", "huge", "odd_aspect") for x in result[kind]]
-    if others:
-        items = "".join(f"<li>{_esc(kind.replace('_', ' '))}: {_esc(short(x['name'], root))}"
-                        + (f" ({x['width']}x{x['height']})" if "width" in x else f" ({_esc(x['reason'])})")
-                        + "</li>" for kind, x in others[:200])
-        parts.append(f'<h3>Odd images</h3><ul class="files">{items}</ul>')
-    return "".join(parts) + "</section>"
+    galleries = [
+        _gallery("Leakage: identical files in different splits",
+                 [("identical files", g["images"]) for g in result["leakage"]], refs, root, len(result["leakage"])),
+        _gallery("Label conflicts: identical files with different labels",
+                 [("identical files", g["images"]) for g in result["conflicts"]], refs, root, len(result["conflicts"])),
+        _gallery("Near-duplicate pairs (across splits and with different labels first)",
+                 [(f"cosine {p['cosine']:.3f}, pixels {_num(p['pixels']).strip()}"
+                   + (" · across splits" if p["cross_split"] else "")
+                   + (" · different labels" if p["conflict"] else ""), [p["a"], p["b"]]) for p in flagged],
+                 refs, root, result.get("near_total") or 0)]
+    odd = [f"{kind.replace('_', ' ')}: {short(x['name'], root)}"
+           + (f" ({x['width']}x{x['height']})" if "width" in x else f" ({x['reason']})")
+           for kind in ("unreadable", "tiny", "huge", "odd_aspect") for x in result[kind]][:200]
+    return render("audit_section.html.j2", data=result["data"], images=result["images"],
+                  findings=result["findings"], checks=checks, galleries=galleries, odd=odd,
+                  class_head=["class"] + [f"{n} ({result['splits'][n]['from']})" for n in splits],
+                  class_rows=[[c] + [result["splits"][n]["counts"].get(c, 0) for n in splits]
+                              for c in result["classes"]],
+                  class_numeric=tuple(range(1, len(splits) + 1)))
 
 
 def write_page(path: Path, result: dict, section: str) -> Path:
-    head = f'<h1>{_esc(result["name"])}</h1><p class="subtitle">transferlab data audit of {_esc(result["data"])}</p>'
-    return _write_atomic(path, _page(f"{result['name']} — transferlab data audit", head + section))
+    page = render("audit_page.html.j2", title=f"{result['name']} — transferlab data audit", name=result["name"],
+                  data=result["data"], section=section)
+    return write_text(path, page)
 
 
 def add_to_run_report(run_dir: Path, section: str) -> Path | None:
@@ -189,4 +173,4 @@ def add_to_run_report(run_dir: Path, section: str) -> Path | None:
         text = text.replace("<h2>Configuration</h2>", section + "<h2>Configuration</h2>", 1)
     else:
         text = text.replace("</body>", section + "</body>", 1)
-    return _write_atomic(path, text)
+    return write_text(path, text)

@@ -2,57 +2,27 @@
 
 A report must survive being mailed, archived or opened from a copied folder, so nothing in it
 points outside the file: images are base64 data: URIs and the CSS sits in a <style> tag.
-Only the comparison report links out, and only to run reports by relative path.
+Only the comparison report links out, and only to run reports by relative path. Pages are
+jinja2 templates (templates/) with autoescaping: names and paths can hold any character.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 import numpy as np
 
 from ..common.atomic import write_text
 
 THUMBNAIL_PX = 160
 SPLIT_ORDER = ("train", "val", "test")
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto;
-       max-width: 1120px; padding: 0 16px; color: #222; background: #fff; line-height: 1.4; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; word-break: break-word; }
-h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
-.subtitle { color: #555; margin-top: 0; }
-.score { font-size: 1.3em; font-weight: 600; color: #1a5e9a; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 8px 0; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f6f8; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.kv th { font-weight: normal; color: #444; }
-img.figure { max-width: 100%; height: auto; border: 1px solid #eee; }
-.note { color: #666; font-style: italic; }
-.gallery { display: flex; flex-wrap: wrap; gap: 12px; }
-.gallery figure { margin: 0; width: 176px; border: 1px solid #ddd; padding: 6px; background: #fafafa; }
-.gallery img { display: block; margin: 0 auto; }
-.gallery figcaption { font-size: 0.8em; margin-top: 4px; word-break: break-word; }
-.gallery .path { color: #777; font-size: 0.85em; }
-.wrong { color: #b22; }
-tr.best td { background: #e6f4e6; font-weight: 600; }
-tr.failed td { background: #fbeaea; color: #733; }
-.badge { display: inline-block; font-size: 0.75em; padding: 0 6px; border-radius: 8px;
-         color: #fff; margin-left: 4px; }
-.badge.best { background: #2e7d32; }
-.badge.failed { background: #c62828; }
-ul.files { font-family: monospace; font-size: 0.85em; }
-"""
 
 
 @dataclass
@@ -66,11 +36,7 @@ class GalleryItem:
     path: str
 
 
-# ---------------------------------------------------------------------------- small helpers
-
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
+# ---------------------------------------------------------------------------- templates
 
 def _fmt(value) -> str:
     """A table cell's text: short floats, blank-looking dash for missing values."""
@@ -102,40 +68,24 @@ def _fmt_float(v: float) -> str:
     return f"{v:.4g}" if abs(v) >= 1e-4 else f"{v:.2e}"
 
 
-def _is_scalar(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, np.generic))
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("transferlab.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["cell"] = _fmt
+    return env
 
 
-def _data_uri(png: bytes) -> str:
+_ENV = _environment()
+
+
+def render(template: str, **context) -> str:
+    """A page or section from templates/, its values escaped."""
+    return _ENV.get_template(template).render(**context)
+
+
+def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _img(png: bytes, alt: str, css_class: str = "figure") -> str:
-    return f'<img class="{css_class}" alt="{_esc(alt)}" src="{_data_uri(png)}">'
-
-
-def _kv_table(pairs) -> str:
-    rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in pairs)
-    return f'<table class="kv">{rows}</table>'
-
-
-def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    """A table from already-escaped cells; `numeric` column indices are right-aligned."""
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                         for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _page(title: str, body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    return write_text(path, text)
 
 
 # ---------------------------------------------------------------------------- pictures
@@ -222,105 +172,27 @@ def _score_split(metrics: dict) -> str | None:
     return next((s for s in ("test", "val") if isinstance(metrics.get(s), dict)), None)
 
 
-def _header(run_dir: Path, config: dict, metrics: dict, split: str | None) -> str:
-    strategy = config.get("strategy") or metrics.get("strategy") or "?"
-    backbone = config.get("backbone") or "default backbone"
-    if split:
-        score = f"{split} accuracy {metrics[split]['accuracy']:.4f}"
-    else:
-        score = "no held-out score"
-    return (f"<h1>{_esc(run_dir.name)}</h1>"
-            f'<p class="subtitle">{_esc(strategy)} · {_esc(backbone)} · '
-            f'<span class="score">{_esc(score)}</span></p>')
-
-
-def _split_rows(metrics: dict) -> list[list[str]]:
-    splits = metrics.get("splits") or {}
-    names = [s for s in SPLIT_ORDER if s in splits or isinstance(metrics.get(s), dict)]
-    rows = []
-    for name in names:
-        info, m = splits.get(name) or {}, metrics.get(name)
-        m = m if isinstance(m, dict) else {}
-        images = _fmt(info.get("images"))
-        if "readable" in info and info["readable"] != info.get("images"):
-            images += f" ({_fmt(info['readable'])} readable)"
-        rows.append([_esc(name), _esc(images), _esc(_fmt(info.get("from"))),
-                     *(_esc(_metric(m, k)) for k in ("accuracy", "balanced_accuracy",
-                                                       "top5_accuracy", "log_loss"))])
-    return rows
-
-
 def _metric(m: dict, key: str) -> str:
     value = m.get(key)
     return f"{value:.4f}" if isinstance(value, (int, float)) else "—"
 
 
-def _summary_section(metrics: dict) -> str:
-    parts = ["<h2>Scores</h2>"]
-    rows = _split_rows(metrics)
-    if rows:
-        parts.append(_table(["split", "images", "from", "accuracy", "balanced accuracy",
-                             "top-5", "log loss"], rows, numeric={3, 4, 5, 6}))
-    fit = [(k, v) for k, v in (metrics.get("fit") or {}).items() if _is_scalar(v)]
-    if "seconds" in metrics:
-        fit.append(("total seconds", metrics["seconds"]))
-    if fit:
-        parts.append("<h2>Training</h2>" + _kv_table(fit))
-    return "".join(parts) + _skipped_section(metrics.get("skipped") or [])
+def _split_rows(metrics: dict) -> list[list[str]]:
+    splits = metrics.get("splits") or {}
+    rows = []
+    for name in (s for s in SPLIT_ORDER if s in splits or isinstance(metrics.get(s), dict)):
+        info, m = splits.get(name) or {}, metrics.get(name)
+        m = m if isinstance(m, dict) else {}
+        images = _fmt(info.get("images"))
+        if "readable" in info and info["readable"] != info.get("images"):
+            images += f" ({_fmt(info['readable'])} readable)"
+        rows.append([name, images, _fmt(info.get("from")),
+                     *(_metric(m, k) for k in ("accuracy", "balanced_accuracy", "top5_accuracy", "log_loss"))])
+    return rows
 
 
-def _skipped_section(skipped: list) -> str:
-    if not skipped:
-        return ""
-    items = "".join(f"<li>{_esc(name)}</li>" for name in skipped)
-    return (f"<h2>Skipped files</h2><p>{len(skipped)} unreadable image(s) were left out:</p>"
-            f'<ul class="files">{items}</ul>')
-
-
-def _curves_section(run_dir: Path, history: list[dict]) -> str:
-    head = "<h2>Training curves</h2>"
-    if not history:
-        return head + '<p class="note">This run trained no epochs, so there are no curves.</p>'
-    curves = run_dir / "curves.png"
-    if not curves.is_file():
-        return head + f'<p class="note">{len(history)} epoch(s) recorded, but curves.png is missing.</p>'
-    return head + _img(curves.read_bytes(), "training curves")
-
-
-def _confusion_section(m: dict, split: str) -> str:
-    classes = list((m.get("per_class") or {}).keys())
-    matrix = m.get("confusion_matrix")
-    if not classes or matrix is None:
-        return ""
-    png = confusion_png(matrix, classes)
-    return (f"<h2>Confusion matrix ({_esc(split)})</h2>"
-            f"<p>Rows are the true class, columns the predicted one; shading is the row's fraction.</p>"
-            + _img(png, f"confusion matrix on {split}"))
-
-
-def _per_class_section(m: dict, split: str) -> str:
-    per_class = m.get("per_class") or {}
-    if not per_class:
-        return ""
-    rows = [[_esc(name), *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1")),
-             _esc(_fmt(s.get("support")))] for name, s in per_class.items()]
-    return (f"<h2>Per class ({_esc(split)})</h2>"
-            + _table(["class", "precision", "recall", "F1", "support"], rows, numeric={1, 2, 3, 4}))
-
-
-def _gallery_figure(item: GalleryItem) -> str:
-    caption = (f'true <b>{_esc(item.true)}</b> / predicted <b class="wrong">{_esc(item.predicted)}</b>'
-               f" ({item.confidence:.0%})")
-    alt = f"true {item.true}, predicted {item.predicted}"
-    return (f"<figure>{_img(thumbnail_png(item.pixels), alt, 'thumb')}"
-            f'<figcaption>{caption}<br><span class="path">{_esc(item.path)}</span></figcaption></figure>')
-
-
-def _gallery_section(gallery: list[GalleryItem]) -> str:
-    head = "<h2>Most confident mistakes</h2>"
-    if not gallery:
-        return head + '<p class="note">No misclassified images.</p>'
-    return head + '<div class="gallery">' + "".join(_gallery_figure(g) for g in gallery) + "</div>"
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, np.generic))
 
 
 def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[dict],
@@ -334,48 +206,29 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
     run_dir = Path(run_dir)
     split = _score_split(metrics)
     scored = metrics[split] if split else {}
-    body = [_header(run_dir, config, metrics, split), _summary_section(metrics),
-            _curves_section(run_dir, history)]
-    if split:
-        body += [_confusion_section(scored, split), _per_class_section(scored, split)]
-    body += [_gallery_section(gallery), "<h2>Configuration</h2>", _kv_table(config.items())]
-    title = f"{run_dir.name} — transferlab run report"
-    return _write_atomic(run_dir / "report.html", _page(title, "".join(body)))
+    fit = [(k, v) for k, v in (metrics.get("fit") or {}).items() if _is_scalar(v)]
+    if "seconds" in metrics:
+        fit.append(("total seconds", metrics["seconds"]))
+    per_class = scored.get("per_class") or {}
+    curves = run_dir / "curves.png"
+    matrix = scored.get("confusion_matrix")
+    page = render(
+        "run.html.j2", title=f"{run_dir.name} — transferlab run report", name=run_dir.name,
+        strategy=config.get("strategy") or metrics.get("strategy") or "?",
+        backbone=config.get("backbone") or "default backbone",
+        score=f"{split} accuracy {metrics[split]['accuracy']:.4f}" if split else "no held-out score",
+        split=split, split_rows=_split_rows(metrics), fit=fit, skipped=metrics.get("skipped") or [],
+        epochs=len(history), curves=data_uri(curves.read_bytes()) if history and curves.is_file() else None,
+        confusion=data_uri(confusion_png(matrix, list(per_class))) if per_class and matrix is not None else None,
+        per_class=[[name, *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1")), _fmt(s.get("support"))]
+                   for name, s in per_class.items()],
+        gallery=[{"uri": data_uri(thumbnail_png(g.pixels)), "true": g.true, "predicted": g.predicted,
+                  "confidence": f"{g.confidence:.0%}", "path": g.path} for g in gallery],
+        config=list(config.items()))
+    return write_text(run_dir / "report.html", page)
 
 
 # ---------------------------------------------------------------------------- comparison report
-
-def _run_links(runs) -> str:
-    links = []
-    for run in runs:
-        rel = Path(run).as_posix()
-        # quote(): a run folder with a space or '#' must still resolve as a relative file link
-        links.append(f'<a href="{_esc(quote(rel + "/report.html"))}">{_esc(rel)}</a>')
-    return "<br>".join(links)
-
-
-def _status_cell(row: dict) -> str:
-    parts = []
-    if row.get("best"):
-        parts.append('<span class="badge best">best</span>')
-    if row.get("status") == "failed":
-        parts.append('<span class="badge failed">failed</span> ' + _esc(row.get("error") or ""))
-    links = _run_links(row.get("runs") or [])
-    return " ".join(parts) + (("<br>" if parts else "") + links if links else "")
-
-
-def _comparison_row(row: dict, columns: list[str]) -> str:
-    classes = [c for c, on in (("best", row.get("best")),
-                               ("failed", row.get("status") == "failed")) if on]
-    attr = f' class="{" ".join(classes)}"' if classes else ""
-    cells = "".join(_cell(row.get(c)) for c in columns)
-    return f"<tr{attr}>{cells}<td>{_status_cell(row)}</td></tr>"
-
-
-def _cell(value) -> str:
-    numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-    return f'<td class="num">{_esc(_fmt(value))}</td>' if numeric else f"<td>{_esc(_fmt(value))}</td>"
-
 
 def write_comparison_report(out_dir: Path, title: str, columns: list[str], rows: list[dict],
                             chart_png: Path | None) -> Path:
@@ -385,12 +238,20 @@ def write_comparison_report(out_dir: Path, title: str, columns: list[str], rows:
     "failed" with "error" (shown as failed), "runs" (run folders relative to out_dir).
     """
     out_dir = Path(out_dir)
-    head = "".join(f"<th>{_esc(c)}</th>" for c in columns) + "<th>runs</th>"
-    body = "".join(_comparison_row(r, columns) for r in rows)
-    parts = [f"<h1>{_esc(title)}</h1>", f"<p class=\"subtitle\">{len(rows)} configuration(s)</p>",
-             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
-    if chart_png is not None and Path(chart_png).is_file():
-        parts.append("<h2>Chart</h2>" + _img(Path(chart_png).read_bytes(), "comparison chart"))
-    else:
-        parts.append('<p class="note">No chart was drawn.</p>')
-    return _write_atomic(out_dir / "report.html", _page(title, "".join(parts)))
+    shown = []
+    for row in rows:
+        failed = row.get("status") == "failed"
+        shown.append({
+            "classes": " ".join(c for c, on in (("best", row.get("best")), ("failed", failed)) if on),
+            "cells": [(_fmt(row.get(c)), _numeric(row.get(c))) for c in columns],
+            "best": bool(row.get("best")), "failed": failed, "error": row.get("error") or "",
+            # quote(): a run folder with a space or '#' must still resolve as a relative file link
+            "links": [(quote(Path(r).as_posix() + "/report.html"), Path(r).as_posix()) for r in row.get("runs") or []],
+        })
+    chart = data_uri(Path(chart_png).read_bytes()) if chart_png is not None and Path(chart_png).is_file() else None
+    page = render("comparison.html.j2", title=title, columns=columns, rows=shown, chart=chart)
+    return write_text(out_dir / "report.html", page)
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
