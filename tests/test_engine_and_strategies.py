@@ -1,6 +1,7 @@
 """The training engine and the strategies: what trains, what stays frozen, schedules, early
 stopping, checkpoints and resume."""
 
+import math
 import signal
 import subprocess
 import sys
@@ -366,3 +367,45 @@ def test_scratch_trains_from_a_cifar_archive_with_a_class_subset(tmp_path):
     assert run.classifier.classes_ == ["cat", "dog"]
     assert run.metrics["splits"]["test"]["from"] == "test/"
     assert run.metrics["test"]["accuracy"] >= 0.9
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+
+class Recorder(transferlab.Callback):
+    """Records what each hook saw."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.rows, self.phases, self.batches, self.fit_ends = [], [], 0, 0
+        self.stop_after = stop_after
+
+    def on_phase_begin(self, trainer):
+        self.phases.append(trainer.phase.name)
+
+    def on_batch_end(self, trainer, logs):
+        self.batches += 1
+        assert logs["images"] > 0 and 0 <= logs["accuracy"] <= 1
+
+    def on_epoch_end(self, trainer, row):
+        self.rows.append(dict(row))
+        if self.stop_after and len([r for r in self.rows if r["phase"] == trainer.phase.name]) == self.stop_after:
+            trainer.stop_phase = True
+
+    def on_fit_end(self, trainer):
+        self.fit_ends += 1
+
+
+def test_a_custom_callback_passed_to_the_api_sees_every_epochs_metrics(tmp_path, colour_folder):
+    recorder = Recorder()
+    run = transferlab.train(colour_folder(tmp_path / "data", RGB, 12, 40), out=tmp_path / "runs", name="r",
+                            callbacks=[recorder], **FAST)
+    assert recorder.rows == run.classifier.history_ and len(recorder.rows) == 5
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch"} <= set(recorder.rows[0])
+    assert recorder.phases == ["head", "finetune"] and recorder.fit_ends == 1
+    assert recorder.batches == 5 * math.ceil(run.metrics["splits"]["train"]["images"] / FAST["batch_size"])
+
+
+def test_a_callback_can_end_a_phase_early(tmp_path, colour_folder):
+    data = load_source(colour_folder(tmp_path / "data", RGB, 12, 40)).images
+    recorder = Recorder(stop_after=1)
+    clf = transferlab.ImageClassifier(**FAST).fit(data, callbacks=[recorder])
+    assert [r["phase"] for r in clf.history_] == ["head", "finetune"]  # one epoch each, of 2 and 3

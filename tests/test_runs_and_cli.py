@@ -141,3 +141,19 @@ def test_the_installed_command_has_help_everywhere():
 def test_unfitted_classifier_says_what_to_do():
     with pytest.raises(TransferlabError, match="not fitted yet"):
         ImageClassifier().predict(["x.jpg"])
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+    from transferlab.common.atomic import replacing, write_text
+
+    target = write_text(tmp_path / "report.html", "old")
+    with pytest.raises(OSError):
+        with replacing(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    with replacing(target) as a, replacing(target) as b:  # two writers never share a temporary file
+        assert a != b and a.suffix == b.suffix == ".html"
+        a.write_text("a")
+        b.write_text("b")
+    assert target.read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
