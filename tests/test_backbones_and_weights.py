@@ -2,7 +2,6 @@
 
 import glob
 
-import numpy as np
 import pytest
 import timm
 import torch

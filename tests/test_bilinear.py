@@ -11,7 +11,7 @@ import transferlab
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 from transferlab.models.bilinear import BilinearHead, TensorSketch, bilinear_pool
-from transferlab.models.tapped import Tapped, tap
+from transferlab.models.tapped import Tapped
 from transferlab.models.taps import resolve_layer
 from transferlab.training.strategies import phases, resolve
 from transferlab.models.factory import ModelSpec, build_model

@@ -3,11 +3,9 @@
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 
-import pytest
 from safetensors.torch import load_file
 
 import transferlab

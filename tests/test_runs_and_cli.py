@@ -5,10 +5,8 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 import transferlab
 from transferlab import ImageClassifier, RunConfig, TransferlabError

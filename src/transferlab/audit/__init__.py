@@ -13,6 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.atomic import write_json
+from ..common.run_files import read_run_file
+from ..config import RunConfig
+from ..data.sources import load_source
+from ..data.split import split_source
+from ..errors import TransferlabError
+from . import report
 from .duplicates import SPLIT_ORDER, check_splits, describe
 from .images import HUGE_PIXELS, ODD_ASPECT, TINY_SIDE, flags, inspect_all
 from .near import DEFAULT_THRESHOLD, PIXEL_THRESHOLD
@@ -34,31 +41,12 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     audits/<data name>/); with `run`, also audit.json into the run and an Audit section into its
     report.html. Split options default to the run's config, else to train's defaults.
     Returns the JSON-able findings (what audit.json holds)."""
-    from ..config import RunConfig
-    from ..data.sources import load_source
-    from ..data.split import split_source
-    from ..errors import TransferlabError
-    from ..common.atomic import write_json
-    from ..common.run_files import read_run_file
-    from . import report
-
     started = time.perf_counter()
     if not 0 < threshold <= 1:
         raise TransferlabError(f"--threshold {threshold} is outside (0, 1]: give a cosine such as {DEFAULT_THRESHOLD}")
-    base = RunConfig()
-    if run is not None:
-        base = RunConfig.from_dict(read_run_file(Path(run), "config.yaml"), origin=f"{run}/config.yaml")
-    if data is None and run is None:
-        raise TransferlabError("audit needs DATA (a folder, a .csv file, a CIFAR archive or 'digits') or --run RUN")
-    data = str(data) if data is not None else base.data
-    vf = base.val_fraction if val_fraction is None else val_fraction
-    tf = base.test_fraction if test_fraction is None else test_fraction
-    seed = base.seed if seed is None else seed
-    wanted = base.class_list() if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
-    source = load_source(data, cifar_labels=cifar_labels or base.cifar_labels, classes=wanted)
-    splits = split_source(source, vf, tf, seed)
-    log.info(f"auditing {data}: {len(source.images)} images, {len(source.images.classes)} classes; {splits.summary()}")
-
+    source, splits, settings = _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
+    log.info(f"auditing {settings['data']}: {len(source.images)} images, {len(source.images.classes)} classes; "
+             f"{splits.summary()}")
     timings = {}
     t = time.perf_counter()
     check = check_splits(splits)
@@ -67,13 +55,11 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     t = time.perf_counter()
     inspected = inspect_all([it.ref for it in items])
     timings["images"] = time.perf_counter() - t
-
     result = {
-        "data": data, "name": source.images.name, "root": source.root, "images": len(items),
+        "data": settings.pop("data"), "name": source.images.name, "root": source.root, "images": len(items),
         "classes": names,
-        "settings": {"val_fraction": vf, "test_fraction": tf, "seed": seed, "near": near,
-                     "threshold": threshold, "pixel_threshold": PIXEL_THRESHOLD, "tiny_side": TINY_SIDE,
-                     "huge_pixels": HUGE_PIXELS, "odd_aspect": ODD_ASPECT},
+        "settings": {**settings, "near": near, "threshold": threshold, "pixel_threshold": PIXEL_THRESHOLD,
+                     "tiny_side": TINY_SIDE, "huge_pixels": HUGE_PIXELS, "odd_aspect": ODD_ASPECT},
         "splits": {name: {"images": len(part), "from": splits.origins.get(name, ""),
                           "counts": check.counts[name]} for name, part in splits.items()},
         "imbalance": check.imbalance(),
@@ -92,11 +78,34 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     result["findings"] = findings(result)
     timings["total"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    _write(result, Path(out) if out is not None else Path("audits") / source.images.name, run,
+           {it.ref.name: it.ref for it in items})
+    return result
 
-    out = Path(out) if out is not None else Path("audits") / source.images.name
+
+def _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels) -> tuple:
+    """The source and the splits `train` would make (or made, for `run`), and their settings."""
+    base = RunConfig()
+    if run is not None:
+        # check_files=False: a finished run's weights file may be gone; its split settings are not.
+        base = RunConfig.from_dict(read_run_file(Path(run), "config.yaml"), origin=f"{run}/config.yaml",
+                                   check_files=False)
+    if data is None and run is None:
+        raise TransferlabError("audit needs DATA (a folder, a .csv file, a CIFAR archive or 'digits') or --run RUN")
+    data = str(data) if data is not None else base.data
+    vf = base.val_fraction if val_fraction is None else val_fraction
+    tf = base.test_fraction if test_fraction is None else test_fraction
+    seed = base.seed if seed is None else seed
+    wanted = base.class_list() if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    source = load_source(data, cifar_labels=cifar_labels or base.cifar_labels, classes=wanted)
+    splits = split_source(source, vf, tf, seed)
+    return source, splits, {"data": data, "val_fraction": vf, "test_fraction": tf, "seed": seed}
+
+
+def _write(result: dict, out: Path, run, refs: dict) -> None:
+    """audit.json and audit.html in `out`; with a run, audit.json and an Audit section there too."""
     out.mkdir(parents=True, exist_ok=True)
     result["written"] = [str(out / "audit.json"), str(out / "audit.html")]
-    refs = {it.ref.name: it.ref for it in items}
     section = report.html_section(result, refs)
     if run is not None:
         result["written"].append(str(Path(run) / "audit.json"))
@@ -107,7 +116,6 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     if run is not None:
         write_json(Path(run) / "audit.json", result)
         report.add_to_run_report(Path(run), section)
-    return result
 
 
 def _image_findings(result: dict, items, inspected, classes: list[str]) -> None:

@@ -5,7 +5,6 @@ and bad options answer at once."""
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable

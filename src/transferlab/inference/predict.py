@@ -4,7 +4,6 @@ probabilities as a table, CSV or JSON. Unreadable files are listed, never fatal.
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 from pathlib import Path

@@ -18,9 +18,9 @@ import torch
 
 from ..data.cache import DecodedImages, default_cache, iter_decoded
 from ..data.decode import UnreadableImage
+from ..data.types import ImageSet
 from ..errors import TransferlabError
 from ..models.network import to_batch
-from ..data.types import ImageSet
 from ..models.preprocess import Preprocess
 from .distributed import World
 

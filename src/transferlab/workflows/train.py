@@ -63,7 +63,9 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
     source, splits, audit_info = _splits(config)
     path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
-    if checkpoint is None and path is not None:
+    if checkpoint is None and path is not None and config.strategy != "features":
+        # A features run refits its head from cached features in seconds: checkpoints would cost
+        # more than they save.
         checkpoint = Checkpoint(path)
     clf = ImageClassifier(**config.model_options(), progress=progress)
     run_callbacks = [c for c in (checkpoint, TensorBoard(path) if config.tensorboard and path else None) if c]
