@@ -158,7 +158,7 @@ def test_bad_format_and_missing_or_unfinished_runs_are_one_line_errors(bilinear_
         export(run, format="tflite")
     message = str(err.value)
     assert "\n" not in message and "tflite" in message and "onnx" in message and "torchscript" in message
-    with pytest.raises(TransferlabError, match="not a transferlab run") as err:
+    with pytest.raises(TransferlabError, match="no-such-run' does not exist") as err:
         export(tmp_path / "no-such-run")
     assert "\n" not in str(err.value)
     unfinished = tmp_path / "unfinished"

@@ -14,11 +14,13 @@ __all__ = ["Run", "train", "evaluate", "demo", "compare", "audit", "layers"]
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
-            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1):
-    """Every config of `grid` once per seed, `jobs` runs at a time; see workflows/compare.py."""
+            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1,
+            base: dict | None = None):
+    """Every config of `grid` once per seed, `jobs` runs at a time; `base` options join the grid's
+    base (the grid's own values win). See workflows/compare.py."""
     from .workflows.compare import compare as run_comparison
 
-    return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs)
+    return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs, base)
 
 
 def audit(data: str | None = None, threshold: float | None = None, near: bool = True,

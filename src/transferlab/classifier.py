@@ -34,7 +34,7 @@ from .training.callbacks import Budget, Callback
 from .training.distributed import World
 from .training.engine import Phase, Trainer
 from .training.fit import fit_network, resolve_device, train_settings
-from .training.strategies import resolve
+from .training.strategies import phases, resolve
 
 HELD_BACK = 0.15  # of each class, for early stopping when fit gets no validation data
 
@@ -87,6 +87,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
 
     def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
                      started: float) -> None:
+        phases(cfg, self.network_)  # --unfreeze beyond the backbone's stages fails before decoding
         train, failed = readable(train, self.preprocess_, cfg.batch_size)
         skipped = [str(f) for f in failed]
         if val is None:
@@ -296,17 +297,20 @@ def _ref(x, i: int) -> ImageRef:
     raise TransferlabError(f"image {i}: expected a path, a PIL image or a numpy array, got {type(x).__name__}")
 
 
-def align_classes(images: ImageSet, classes: list[str], what: str) -> ImageSet:
-    """Relabel `images` to `classes`' order; refuse class names the model does not know or lacks."""
+def align_classes(images: ImageSet, classes: list[str], what: str, some: bool = False) -> ImageSet:
+    """Relabel `images` to `classes`' order; refuse class names the model does not know, and
+    (unless `some`: scoring on new images of some classes) classes it has that the data lacks."""
     if list(images.classes) == list(classes):
         return images
     missing, extra = sorted(set(classes) - set(images.classes)), sorted(set(images.classes) - set(classes))
+    if some:
+        missing = []
     if missing or extra:
         parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + (
             [f"unknown {', '.join(map(repr, extra))}"] if extra else [])
         raise TransferlabError(
             f"{what}: class names do not match the model's ({'; '.join(parts)}); the model knows "
-            f"{', '.join(classes)}: give data with exactly those class folders or labels")
+            f"{', '.join(classes)}: give data whose class folders or labels are {'among' if some else 'exactly'} those")
     index = {c: i for i, c in enumerate(classes)}
     remap = np.array([index[c] for c in images.classes])
     return ImageSet(images.images, remap[images.labels], list(classes), images.name)

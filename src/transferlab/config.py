@@ -14,10 +14,13 @@ from pathlib import Path
 
 import yaml
 
+from .common.run_files import yaml_error
 from .errors import TransferlabError
 from .models.heads import HEAD_HELP, parse_branch_dropout, parse_head
 from .models.registry import DEFAULT_BACKBONE, WEIGHT_SOURCES
 
+# Keys a comparison decides itself: every run of it lands in its own folder with its own seed.
+COMPARE_OWNED = ("data", "seed", "out", "name")
 # Options with a fixed set of values; validate() checks them before any data or weights load.
 STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch")
 OPTIMIZERS = ("adamw", "sgd", "adam", "rmsprop")
@@ -43,7 +46,7 @@ class FitOptions:
                                  "mlp-bn:512,256)", "model")
     dropout: float | None = opt(None, "dropout before the head's last layer(s)", "model")
     image_size: int | None = opt(None, "input size in pixels (default: the backbone's; 32 for scratch)", "model")
-    unfreeze: str = opt("1", "finetune, bilinear: how many last stages train in phase 2, or 'all' "
+    unfreeze: int | str = opt(1, "finetune, bilinear: how many last stages train in phase 2, or 'all' "
                              "(`transferlab layers` shows the stages)", "model")
     reinit: int = opt(1, "reinit: how many last stages get fresh weights", "model")
     layer: str | None = opt(None, "bilinear: the layer to tap, or two (A,B) for an asymmetric head; a module "
@@ -158,8 +161,11 @@ class RunConfig(FitOptions):
                 bad(key, "must be positive")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "is outside [0, 1)")
-        if self.unfreeze != "all" and not str(self.unfreeze).isdigit():
-            bad("unfreeze", "is not a number of stages or 'all'")
+        if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 1):
+            bad("unfreeze", "is not a number of stages (1 or more) or 'all'")
+        if self.name is not None and (not str(self.name).strip() or Path(str(self.name)).name != str(self.name)
+                                      or str(self.name) in (".", "..")):
+            bad("name", "is not a folder name: give a name without '/' (the run goes into --out)")
         if self.budget is not None and self.budget <= 0:
             bad("budget", "must be a positive number of minutes")
         if self.cache_views < 1:
@@ -214,7 +220,9 @@ class RunConfig(FitOptions):
                 v = os.fspath(v)
             elif isinstance(v, (list, tuple)) and k in ("classes", "milestones"):
                 v = ",".join(str(x) for x in v)
-            elif k in ("unfreeze", "branch_dropout") and v is not None:
+            elif k == "unfreeze" and v is not None:
+                v = int(v) if str(v).strip().isdigit() else str(v).strip()
+            elif k == "branch_dropout" and v is not None:
                 v = str(v)
             clean[k] = v
         return cls(**clean).validate(check_files)
@@ -226,7 +234,7 @@ class RunConfig(FitOptions):
         except FileNotFoundError:
             raise TransferlabError(f"config file '{path}' does not exist") from None
         except yaml.YAMLError as err:
-            raise TransferlabError(f"config file '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise TransferlabError(f"config file {yaml_error(Path(path), err)}: fix it there") from None
         if not isinstance(values, dict):
             raise TransferlabError(f"config file '{path}' must hold a mapping of key: value")
         return cls.from_dict(values, origin=str(path))

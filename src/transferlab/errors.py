@@ -7,3 +7,7 @@ class TransferlabError(Exception):
     The message is one line naming the file, option or layer involved and saying how to fix it;
     the command line prints it without a traceback.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run that can be continued; the message says how."""

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common.atomic import write_json
+from ..common.atomic import check_writable, write_json
 from ..common.run_files import read_run_file
+from ..common.run_lock import RunLock
 from ..config import RunConfig
 from ..data.sources import load_source
 from ..data.split import split_source
@@ -45,6 +46,9 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     if not 0 < threshold <= 1:
         raise TransferlabError(f"--threshold {threshold} is outside (0, 1]: give a cosine such as {DEFAULT_THRESHOLD}")
     source, splits, settings = _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
+    out = check_writable(Path(out) if out is not None else Path("audits") / source.images.name)  # before the work
+    if run is not None:
+        check_writable(run)
     log.info(f"auditing {settings['data']}: {len(source.images)} images, {len(source.images.classes)} classes; "
              f"{splits.summary()}")
     timings = {}
@@ -78,8 +82,7 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     result["findings"] = findings(result)
     timings["total"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    _write(result, Path(out) if out is not None else Path("audits") / source.images.name, run,
-           {it.ref.name: it.ref for it in items})
+    _write(result, out, run, {it.ref.name: it.ref for it in items})
     return result
 
 
@@ -114,8 +117,9 @@ def _write(result: dict, out: Path, run, refs: dict) -> None:
     write_json(out / "audit.json", result)
     report.write_page(out / "audit.html", result, section)
     if run is not None:
-        write_json(Path(run) / "audit.json", result)
-        report.add_to_run_report(Path(run), section)
+        with RunLock(run):
+            write_json(Path(run) / "audit.json", result)
+            report.add_to_run_report(Path(run), section)
 
 
 def _image_findings(result: dict, items, inspected, classes: list[str]) -> None:

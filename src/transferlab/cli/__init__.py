@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ..errors import TransferlabError
+from ..errors import Interrupted, TransferlabError
 from .commands import COMMANDS
 from .parser import build_parser
 
@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except TransferlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was kept", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(str(err) if isinstance(err, Interrupted) else "interrupted: nothing half-written was kept",
+              file=sys.stderr)
         return 130
     finally:
         if "transferlab.training.distributed" in sys.modules:

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from ..config import RunConfig
+from ..config import COMPARE_OWNED, RunConfig
 from ..errors import TransferlabError
 from .parser import arg, stderr
 
 RUN = "a run directory written by `transferlab train`"
 PATHS = "image files, folders (searched recursively) or quoted globs"
 LAYER = "module name, stage-K or Keras name (see `transferlab layers`)"
+FORCE = arg("--force", action="store_true", help="replace the file given if it exists (never a run's own files)")
 
 
 @dataclass
@@ -25,13 +26,14 @@ class Command:
     run: Callable[[argparse.Namespace, bool], None]
     arguments: list = field(default_factory=list)
     description: str = ""
-    run_options: bool = False  # takes every RunConfig key as an option
+    run_options: tuple[str, ...] | None = None  # takes every RunConfig key as an option, but these
 
 
 COMMANDS: list[Command] = []
 
 
-def command(name: str, help: str, arguments: list = (), description: str = "", run_options: bool = False):
+def command(name: str, help: str, arguments: list = (), description: str = "",
+            run_options: tuple[str, ...] | None = None):
     def register(run: Callable[[argparse.Namespace, bool], None]):
         COMMANDS.append(Command(name, help, run, list(arguments), description, run_options))
         return run
@@ -39,7 +41,7 @@ def command(name: str, help: str, arguments: list = (), description: str = "", r
 
 
 @command("train", "train on an image folder, a CSV or a demo set; writes runs/<name>/",
-         description="Train a classifier and write a run directory.", run_options=True, arguments=[
+         description="Train a classifier and write a run directory.", run_options=("data",), arguments=[
              arg("data", nargs="?", help="folder with one sub-folder per class (train/ val/ test/ split folders "
                  "are used if present), a .csv of path,label[,split], or 'digits'"),
              arg("--config", help="YAML file of run options (same keys); options given here override it"),
@@ -70,14 +72,17 @@ def train(args: argparse.Namespace, progress: bool) -> None:
              arg("run", help=RUN), arg("data", help="folder, .csv or demo set with the run's class names"),
              arg("--split", choices=("train", "val", "test"),
                  help="which split of DATA (default: its held-out split, or all of it)"),
-             arg("--json", help="also write the metrics to this JSON file")])
+             arg("--json", help="also write the metrics to this JSON file"), FORCE])
 def evaluate(args: argparse.Namespace, progress: bool) -> None:
     from ..api import evaluate as run_evaluate
     from ..common.atomic import write_json
+    from ..common.run_files import claim_output
 
+    if args.json:
+        claim_output(args.json, args.force)
     metrics = run_evaluate(args.run, args.data, args.split, progress=progress)
     if args.json:
-        write_json(Path(args.json), metrics)
+        write_json(Path(args.json), metrics, overwrite=args.force)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images")
 
 
@@ -104,22 +109,28 @@ def backbones(args: argparse.Namespace, progress: bool) -> None:
                     arg("--format", default="table", choices=("table", "csv", "json"),
                         help="output format (default table)"),
                     arg("--output", help="write to this file instead of the screen"),
-                    arg("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)")])
+                    arg("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)"),
+                    FORCE])
 def predict(args: argparse.Namespace, progress: bool) -> None:
+    from ..common.atomic import write_text
+    from ..common.run_files import claim_output
     from ..inference.predict import predict as run_predict
     from ..inference.predict import render
 
+    if args.output:
+        claim_output(args.output, args.force)
     result = run_predict(args.run, args.paths, args.top_k, args.tta, progress=progress)
+    for line in result["unreadable"]:
+        stderr(f"unreadable: {line}")
+    if not result["predictions"]:
+        raise TransferlabError(f"none of the {len(result['unreadable'])} image(s) could be read: see the "
+                               "unreadable files above")
     text = render(result, args.format)
     if args.output:
-        from ..common.atomic import write_text
-
-        write_text(Path(args.output), text)
+        write_text(Path(args.output), text, overwrite=args.force)
         print(f"{len(result['predictions'])} predictions written to {args.output}")
     else:
         print(text, end="")
-    for line in result["unreadable"]:
-        stderr(f"unreadable: {line}")
 
 
 @command("export", "write a run's network as ONNX or TorchScript, checked against PyTorch",
@@ -129,11 +140,11 @@ def predict(args: argparse.Namespace, progress: bool) -> None:
              arg("run", help=RUN), arg("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx"),
              arg("--out", help="file to write (default RUN/model.onnx or RUN/model.pt)"),
              arg("--check-images", nargs="*", default=None, metavar="IMAGE",
-                 help="real images to compare the export on, besides random pixels")])
+                 help="real images to compare the export on, besides random pixels"), FORCE])
 def export(args: argparse.Namespace, progress: bool) -> None:
     from ..inference.export import export as run_export
 
-    result = run_export(args.run, args.format, args.out, args.check_images)
+    result = run_export(args.run, args.format, args.out, args.check_images, force=args.force)
     print(f"{result['format']} written to {result['path']} ({result['exporter']}); largest probability "
           f"difference from PyTorch {result['max_abs_diff']:.2g} over {result['inputs_checked']} inputs")
 
@@ -172,11 +183,13 @@ def explain(args: argparse.Namespace, progress: bool) -> None:
              arg("--steps", type=int, default=60, help="gradient ascent steps (default 60)"),
              arg("--seed", type=int, default=0, help="seed of the starting noise (default 0)"),
              arg("--weights", default="auto", help="weights of a backbone name, as for train (default auto)"),
-             arg("--out", help="PNG file to write (default RUN/filters-LAYER.png or BACKBONE-filters-LAYER.png)")])
+             arg("--out", help="PNG file to write (default RUN/filters-LAYER.png or BACKBONE-filters-LAYER.png)"),
+             FORCE])
 def filters(args: argparse.Namespace, progress: bool) -> None:
     from ..explain.commands import filters as run_filters
 
-    result = run_filters(args.model, args.layer, args.count, args.size, args.steps, args.seed, args.out, args.weights)
+    result = run_filters(args.model, args.layer, args.count, args.size, args.steps, args.seed, args.out, args.weights,
+                         force=args.force)
     start, final = sorted(result["start"]), sorted(result["final"])
     print(f"{result['channels']} channels of {result['layer']} -> {result['png']} (median mean activation "
           f"{start[len(start) // 2]:.3g} on the starting noise, {final[len(final) // 2]:.3g} on the picture)")
@@ -188,18 +201,20 @@ def filters(args: argparse.Namespace, progress: bool) -> None:
              arg("image", help="one image file"), arg("--layer", required=True, help=LAYER),
              arg("--count", type=int, help="only the first COUNT channels (default all)"),
              arg("--weights", default="auto", help="weights of a backbone name, as for train (default auto)"),
-             arg("--out", help="PNG file to write (default RUN/activations-IMAGE-LAYER.png)")])
+             arg("--out", help="PNG file to write (default RUN/activations-IMAGE-LAYER.png)"), FORCE])
 def activations(args: argparse.Namespace, progress: bool) -> None:
     from ..explain.commands import activations as run_activations
 
-    result = run_activations(args.model, args.image, args.layer, args.count, args.out, args.weights)
+    result = run_activations(args.model, args.image, args.layer, args.count, args.out, args.weights,
+                             force=args.force)
     h, w = result["map_size"]
     print(f"{result['channels']} maps of {h}x{w} at {result['layer']} -> {result['png']}")
 
 
 @command("compare", "every config of a grid, once per seed: mean and std over seeds",
          description="Run every config of a grid once per seed (resumable: finished runs are read back) and "
-                     "write comparison.csv, comparison.md, a chart and report.html.", arguments=[
+                     "write comparison.csv, comparison.md, a chart and report.html. Options of train given "
+                     "here override the grid's base; what each config sets still wins.", run_options=COMPARE_OWNED, arguments=[
              arg("data", help="folder, .csv, CIFAR archive or 'digits', as for train"),
              arg("--grid", required=True, help="YAML: base: {options}, grid: {key: [values]} (full product) "
                  "and/or configs: [{options}, ...]"),
@@ -213,7 +228,10 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
     from ..api import compare as run_compare
     from ..workflows.compare import markdown_table
 
-    result = run_compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress, args.jobs)
+    base = {f.name: getattr(args, f.name) for f in fields(RunConfig)
+            if f.name not in COMPARE_OWNED and getattr(args, f.name, None) is not None}
+    result = run_compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress, args.jobs,
+                         base=base)
     print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
     print(f"comparison: {result.path}")
 

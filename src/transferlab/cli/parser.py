@@ -30,13 +30,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """One option per RunConfig key, named like it, in the key's help group. Values are checked
-    by RunConfig.validate, which names the option and the values it takes."""
+def add_run_options(p: argparse.ArgumentParser, leave_out: tuple[str, ...] = ("data",)) -> None:
+    """One option per RunConfig key (but `leave_out`), named like it, in the key's help group.
+    Values are checked by RunConfig.validate, which names the option and the values it takes."""
     defaults = RunConfig()
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(RunConfig):
-        if f.name == "data":
+        if f.name in leave_out:
             continue
         group = f.metadata.get("group", "training")
         if group not in groups:
@@ -47,8 +47,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         kwargs: dict = {"dest": f.name, "help": text, "default": None}
         if "bool" in kind:
             kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+        else:  # "int | str" (--unfreeze 2 or all) stays text here; RunConfig reads the number
+            kwargs["type"] = str if "str" in kind else int if kind.startswith("int") else float
             choices = f.metadata.get("choices")
             kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else f.name.upper().replace("_", "-")
         groups[group].add_argument("--" + f.name.replace("_", "-"), **kwargs)
@@ -62,8 +62,8 @@ def build_parser(commands) -> Parser:
         cp = sub.add_parser(command.name, help=command.help, description=command.description or command.help)
         for flags, kwargs in command.arguments:
             cp.add_argument(*flags, **kwargs)
-        if command.run_options:
-            add_run_options(cp)
+        if command.run_options is not None:
+            add_run_options(cp, command.run_options)
         cp.set_defaults(handler=command.run)
     return p
 

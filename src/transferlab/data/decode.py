@@ -71,8 +71,8 @@ def decode(source, shorter_side: int | None = None, interpolation: str = "bicubi
 
     if isinstance(source, np.ndarray):
         name = f"<array {source.shape} {source.dtype}>"
-        return _guarded(name, max_pixels,
-                        lambda: _finish(_from_array(name, source), shorter_side, resample))
+        return _guarded(name, max_pixels, lambda: _from_pil(name, _from_array(name, source), shorter_side,
+                                                            resample, max_pixels))
     if isinstance(source, Image.Image):
         name = getattr(source, "filename", "") or "<PIL image>"
         return _guarded(name, max_pixels,
@@ -116,7 +116,7 @@ def _reason(exc: Exception, max_pixels: int) -> str:
     return f"corrupt file: {exc or type(exc).__name__}"
 
 
-def _check_size(name: str, size: tuple[int, int], max_pixels: int) -> None:
+def _check_size(name: str, size: tuple[int, int], max_pixels: int, shorter_side: int | None = None) -> None:
     # Pillow only warns between 1x and 2x its own limit; refusing here at the smaller limit turns
     # that into a refusal too, without touching warning filters (not thread-safe; decoding
     # runs in threads).
@@ -126,13 +126,20 @@ def _check_size(name: str, size: tuple[int, int], max_pixels: int) -> None:
         raise UnreadableImage(name, f"decompression bomb: {pixels} pixels > limit {limit}")
     if pixels == 0:
         raise UnreadableImage(name, "empty image (0 pixels)")
+    if shorter_side:
+        # A thin strip is small as a file but huge once its shorter side is scaled up:
+        # 50000x1 at a 224 px shorter side would be 2.5 billion pixels.
+        width, height = _target_size(size, shorter_side)
+        if width * height > limit:
+            raise UnreadableImage(name, f"too elongated: {size[0]}x{size[1]} resized to a {shorter_side} px "
+                                        f"shorter side would be {width * height} pixels > limit {limit}")
 
 
 def _from_file(path: str, shorter_side, resample, max_pixels) -> np.ndarray:
     # Opening the file ourselves closes it on every path, whatever Image.open does when it
     # raises (its bomb check runs after it has opened the file), so no ResourceWarnings.
     with open(path, "rb") as fp, Image.open(fp) as img:
-        _check_size(path, img.size, max_pixels)  # header only: nothing decoded yet
+        _check_size(path, img.size, max_pixels, shorter_side)  # header only: nothing decoded yet
         full_size = img.size
         box = None
         # MPO is how Pillow opens many camera JPEGs (extra preview frames); same decoder.
@@ -153,7 +160,7 @@ def _from_file(path: str, shorter_side, resample, max_pixels) -> np.ndarray:
 
 
 def _from_pil(name: str, img: Image.Image, shorter_side, resample, max_pixels) -> np.ndarray:
-    _check_size(name, img.size, max_pixels)
+    _check_size(name, img.size, max_pixels, shorter_side)
     img.load()  # a lazily opened image would otherwise fail later, far from its name
     return _finish(img, shorter_side, resample)
 

@@ -31,10 +31,11 @@ DEMO_SETS = ("digits",)
 
 
 def load_source(data: str | os.PathLike, cifar_labels: str = "fine",
-                classes: list[str] | None = None) -> Source:
+                classes: list[str] | None = None, min_classes: int = 2) -> Source:
     """Read a folder, a .csv file, a CIFAR archive or a demo set name into a Source.
 
     `classes` keeps only those classes (in the given names' sorted order); errors are one line.
+    Training needs `min_classes` 2; scoring a fitted model on images of one class does not.
     """
     text = str(data)
     path = Path(text).expanduser()
@@ -56,7 +57,7 @@ def load_source(data: str | os.PathLike, cifar_labels: str = "fine",
         source = _folder(path)
     if classes:
         source = _keep_classes(source, classes)
-    _check_classes(source)
+    _check_classes(source, min_classes)
     return source
 
 
@@ -130,6 +131,8 @@ def _folder(root: Path) -> Source:
     per_split: dict[str | None, dict[str, list[Path]]] = {}
     for split, folder in layout.items():
         per_split[split] = {d.name: _scan_class_folder(d, ignored) for d in _subdirs(folder)}
+    loose = [str(p) for folder in layout.values() for p in sorted(folder.iterdir())
+             if p.is_file() and not _is_hidden(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS]
     classes = sorted({c for by_class in per_split.values() for c, files in by_class.items() if files})
     index = {c: i for i, c in enumerate(classes)}
     images, labels, splits = [], [], []
@@ -145,7 +148,7 @@ def _folder(root: Path) -> Source:
             f"no images found {where}'{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}): "
             "put each class's images in its own sub-folder, e.g. data/cats/1.jpg, data/dogs/2.jpg")
     return Source(ImageSet(images, np.array(labels), classes, root.name), splits, str(root),
-                  [str(p) for p in ignored])
+                  [str(p) for p in ignored], loose)
 
 
 def _csv(path: Path) -> Source:
@@ -158,6 +161,8 @@ def _csv(path: Path) -> Source:
     if "path" in header and "label" in header:
         cols = {name: header.index(name) for name in ("path", "label", "split") if name in header}
         rows = rows[1:]
+        if not rows:
+            raise TransferlabError(f"'{path}' has a header but no rows: add one row per image as path,label")
     else:
         cols = {"path": 0, "label": 1}
     base = path.parent
@@ -199,9 +204,12 @@ def _digits() -> Source:
     return Source(ImageSet(images, bunch.target, classes, "digits"), [None] * len(images), "digits")
 
 
-def _check_classes(source: Source) -> None:
+def _check_classes(source: Source, min_classes: int) -> None:
     images = source.images
-    if len(images.classes) < 2:
+    if not images.classes:
+        raise TransferlabError(f"found no labelled images in '{source.root}': one sub-folder (or CSV label) "
+                               "per class")
+    if len(images.classes) < min_classes:
         only = f" ('{images.classes[0]}')" if images.classes else ""
         raise TransferlabError(
             f"found only {len(images.classes)} class{only} in '{source.root}': a classifier needs "

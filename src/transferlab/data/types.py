@@ -71,6 +71,7 @@ class Source:
     splits: list[str | None]
     root: str
     ignored: list[str] = field(default_factory=list)  # files skipped for their extension
+    loose: list[str] = field(default_factory=list)    # images beside the class folders, in none
 
     @property
     def given_splits(self) -> set[str]:

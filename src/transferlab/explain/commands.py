@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from ..common.atomic import check_writable
+from ..common.run_files import claim_output
 from ..data.sources import gather_files
 from ..errors import TransferlabError
 from ..models import saved
@@ -110,7 +112,7 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
     size = opened.preprocess.input_size
     name = layer or default_layer(opened.model, size)
     open_target(opened.model, name)  # an unknown layer fails before any file is written
-    folder = Path(out) if out else opened.run / "explain"
+    folder = check_writable(Path(out) if out else opened.run / "explain")  # before any image is explained
     results, tiles, unreadable, used = [], [], [], set()
     for path in files:
         try:
@@ -133,7 +135,7 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
 
 
 def filters(model: str, layer: str, count: int = 16, size: int = 96, steps: int = 60, seed: int = 0,
-            out: str | Path | None = None, weights: str = "auto") -> dict:
+            out: str | Path | None = None, weights: str = "auto", force: bool = False) -> dict:
     """Gradient-ascent pictures of the first `count` channels of `layer`, as one grid PNG."""
     if count < 1:
         raise TransferlabError(f"--count {count} must be at least 1")
@@ -141,12 +143,21 @@ def filters(model: str, layer: str, count: int = 16, size: int = 96, steps: int 
         raise TransferlabError(f"--size {size} is too small to show a pattern: give 64 or more")
     opened = open_model(model, weights)
     name = open_target(opened.model, layer).name
+    target = _output(out, opened, f"filters-{_slug(name)}.png", force)
     images, start, final = grow_filter_images(opened.model, name, count, size, steps, seed)
-    default = f"filters-{_slug(name)}.png"
-    target = Path(out) if out else (opened.run / default if opened.run else Path(f"{_slug(opened.label)}-{default}"))
-    path = save_png(grid(list(images)), target)
+    path = save_png(grid(list(images)), target, overwrite=force or out is None)
     return {"layer": name, "channels": len(images), "start": start.tolist(), "final": final.tolist(),
             "png": str(path)}
+
+
+def _output(out, opened: Opened, default: str, force: bool) -> Path:
+    """The PNG to write: `out` as the user named it (checked now: not a run's file, not an existing
+    file unless forced), else `default` in the run (or here, named after the backbone)."""
+    if out:
+        return claim_output(out, force)
+    target = opened.run / default if opened.run else Path(f"{_slug(opened.label)}-{default}")
+    check_writable(target.parent)
+    return target
 
 
 def _enlarged(maps: np.ndarray) -> np.ndarray:
@@ -158,7 +169,7 @@ def _enlarged(maps: np.ndarray) -> np.ndarray:
 
 
 def activations(model: str, image: str, layer: str, count: int | None = None,
-                out: str | Path | None = None, weights: str = "auto") -> dict:
+                out: str | Path | None = None, weights: str = "auto", force: bool = False) -> dict:
     """The feature maps of one image at `layer` (all channels, or the first `count`), one tile
     per channel, as a grid PNG; each tile is coloured on its own range."""
     from ..data.decode import UnreadableImage
@@ -177,6 +188,6 @@ def activations(model: str, image: str, layer: str, count: int | None = None,
     maps = maps[:count] if count else maps
     name = open_target(opened.model, layer).name
     default = f"activations-{_slug(path.stem)}-{_slug(name)}.png"
-    target = Path(out) if out else (opened.run / default if opened.run else Path(f"{_slug(opened.label)}-{default}"))
-    png = save_png(grid(list(_enlarged(maps))), target)
+    target = _output(out, opened, default, force)
+    png = save_png(grid(list(_enlarged(maps))), target, overwrite=force or out is None)
     return {"layer": name, "channels": int(len(maps)), "map_size": list(maps.shape[-2:]), "png": str(png)}

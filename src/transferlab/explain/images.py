@@ -73,9 +73,9 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+def save_png(array: np.ndarray, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write a uint8 image as PNG; a reader never sees a half-written file."""
     path = Path(path)
-    with replacing(path) as tmp:
+    with replacing(path, overwrite) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
     return path

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..common.atomic import replacing
+from ..common.atomic import check_writable, replacing
+from ..common.run_files import claim_output
 from ..data.cache import iter_decoded
 from ..data.types import ImageRef
 from ..errors import TransferlabError
@@ -58,10 +59,11 @@ class Probabilities(nn.Module):
 
 
 def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
-           check_images: list | None = None) -> dict:
+           check_images: list | None = None, force: bool = False) -> dict:
     """Export `run`'s network (with softmax) to `run/model.onnx` or `run/model.pt` (TorchScript).
 
-    `out` is the file to write (a folder gets the default file name). `check_images` (paths or
+    `out` is the file to write (a folder gets the default file name); a file that exists there is
+    replaced only with `force`, and a run's own files never. `check_images` (paths or
     ImageRefs) are preprocessed as for prediction and, with random pixel batches, run through both
     the exported file and the PyTorch network. Returns {path, format, max_abs_diff,
     inputs_checked, metadata, exporter}.
@@ -71,15 +73,19 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
         raise TransferlabError(f"export: format '{format}' is not supported: choose one of "
                                f"{', '.join(FORMATS)}")
     run = Path(run)
-    model = saved.load(run)
     target = _target_path(run, fmt, out)
+    named = out is not None  # a path the user chose: never replaced unless asked
+    if named:
+        claim_output(target, force)
+    model = saved.load(run)
+    check_writable(target.parent)  # before the minutes of exporting
     metadata = export_metadata(model)
     module = Probabilities(model.network).eval()
     # Batch 2 to trace, other batch sizes to check: a batch size baked into the graph shows up.
     example = _random_pixels(2, model.preprocess.input_size, seed=1)
     checks = _check_batches(model.preprocess, check_images)
     checked = sum(len(x) for x in checks)
-    with replacing(target) as tmp:
+    with replacing(target, overwrite=force or not named) as tmp:
         if fmt == "onnx":
             data, exporter = _onnx_bytes(module, example, metadata)
             tmp.write_bytes(data)

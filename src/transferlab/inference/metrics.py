@@ -20,7 +20,9 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
         "n": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, pred)),
         "log_loss": float(skm.log_loss(y_true, proba, labels=labels)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
+        # scikit-learn's definition (mean recall over the classes present), without its warning
+        # when scoring new images of a single class
+        "balanced_accuracy": float(r[support > 0].mean()) if support.any() else float("nan"),
     }
     if len(classes) > 5:
         out["top5_accuracy"] = float(skm.top_k_accuracy_score(y_true, proba, k=5, labels=labels))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from .. import __version__
@@ -61,21 +62,40 @@ def _in_features(head) -> int | None:
 def load(directory: str | Path) -> SavedModel:
     """Rebuild a saved network; needs no internet and no pretrained weights file."""
     directory = Path(directory)
-    if (directory / "config.yaml").is_file() and not (directory / SPEC_FILE).is_file():
+    if directory.is_dir() and (directory / "config.yaml").is_file() and not (directory / SPEC_FILE).is_file():
         raise TransferlabError(f"run '{directory}' has not finished (no {SPEC_FILE}): continue it with "
                                f"`transferlab train --resume {directory}`")
     description = read_run_file(directory, SPEC_FILE)
     if description.get("format") != MODEL_FORMAT:
         raise TransferlabError(f"'{directory}/{SPEC_FILE}' has format {description.get('format')}, this "
                                f"transferlab reads format {MODEL_FORMAT}: upgrade transferlab")
-    classes = list(description["classes"])
-    if "spec" in description:
-        spec = ModelSpec.from_dict({**description["spec"], "num_classes": len(classes)})
-    else:  # written by transferlab 0.1.0: the spec is in the run options
-        spec = ModelSpec.from_options({**description["params"], "image_size": description["image_size"]},
-                                      len(classes))
+    try:
+        classes = list(description["classes"])
+        if "spec" in description:
+            spec = ModelSpec.from_dict({**description["spec"], "num_classes": len(classes)})
+        else:  # written by transferlab 0.1.0: the spec is in the run options
+            spec = ModelSpec.from_options({**description["params"], "image_size": description["image_size"]},
+                                          len(classes))
+        preprocess = Preprocess.from_dict(description["preprocess"])
+        weights = WeightsInfo(**description["weights"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise TransferlabError(f"'{directory / SPEC_FILE}' is damaged ({type(err).__name__}: {err}): restore it "
+                               "from a copy of the run, or train again") from None
     network = build_model(spec, load_weights=False).network
-    load_model(network, str(directory / MODEL_FILE), strict=True)
-    return SavedModel(network.eval(), spec, Preprocess.from_dict(description["preprocess"]),
-                      WeightsInfo(**description["weights"]), classes, dict(description["params"]))
+    _load_weights(network, directory / MODEL_FILE)
+    return SavedModel(network.eval(), spec, preprocess, weights, classes, dict(description["params"]))
 
+
+def _load_weights(network: Network, path: Path) -> None:
+    if not path.is_file():
+        raise TransferlabError(f"'{path}' is missing: restore it from a copy of the run, or train again")
+    try:
+        load_model(network, str(path), strict=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TransferlabError(f"'{path}' is damaged ({_clip(reason)}): restore it from a copy of the run, "
+                               "or train again") from None
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."

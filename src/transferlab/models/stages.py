@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import TransferlabError
+
 
 def stage_groups(backbone: nn.Module) -> list[list[str]]:
     """Parameter names of each stage, in forward order, as timm's own `group_matcher` groups them
@@ -25,12 +27,15 @@ def stage_groups(backbone: nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
-def last_stages(backbone: nn.Module, count: int | str) -> list[str]:
+def last_stages(backbone: nn.Module, count: int | str, option: str = "--unfreeze") -> list[str]:
     """Parameter names of the last `count` stages ('all' for every stage)."""
     groups = stage_groups(backbone)
     if count == "all":
         return [n for g in groups for n in g]
     count = int(count)
+    if count > len(groups):
+        raise TransferlabError(f"{option} {count}: this backbone has {len(groups)} stages (`transferlab layers` "
+                               f"shows them): give 1 to {len(groups)}, or all")
     return [n for g in groups[len(groups) - count:] for n in g] if count > 0 else []
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -87,15 +90,22 @@ def _load_file(model: nn.Module, name: str, path: Path) -> tuple[nn.Module, Weig
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file or a PyTorch file loaded with weights_only=True."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with warnings.catch_warnings():  # torch's own advice about pickles would only confuse here
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a bad file can fail in many ways; all mean the same to the user
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "it holds Python objects besides tensors, which are not loaded: they could run code"
+        else:
+            lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()  # no terminal colours
+            reason = f"{type(err).__name__}: {_clip(lines[0] if lines else '')}"
         raise TransferlabError(
-            f"cannot read weights file '{path}' ({type(err).__name__}: {str(err).splitlines()[0][:120]}): "
+            f"cannot read weights file '{path}' ({reason}): "
             "give a .safetensors file or a PyTorch state dict saved with torch.save(model.state_dict())"
         ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
@@ -104,6 +114,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TransferlabError(f"weights file '{path}' does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """At most `limit` characters, cut between words."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], origin: str,

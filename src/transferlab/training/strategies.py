@@ -93,7 +93,7 @@ def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
         return result + [Phase("finetune", config.epochs, [(head, lr), (unfrozen, lr * config.backbone_lr_mult)],
                       bn, config.warmup_epochs)]
     if s == "reinit":
-        fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit)]
+        fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit, "--reinit")]
         # Fresh BatchNorm layers have no statistics worth keeping: they must learn them.
         return [Phase("reinit", config.epochs, [(head, lr), (fresh, lr)], _batchnorms(network, fresh),
                       config.warmup_epochs)]

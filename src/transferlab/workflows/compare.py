@@ -20,6 +20,8 @@ from pathlib import Path
 import yaml
 
 from ..common.atomic import replacing, write_text
+from ..common.run_files import yaml_error
+from ..config import COMPARE_OWNED as OWNED_KEYS
 from ..config import RunConfig
 from ..data.sources import load_source
 from ..errors import TransferlabError
@@ -30,8 +32,6 @@ from .train import train
 log = logging.getLogger("transferlab")
 
 GRID_KEYS = ("base", "grid", "configs")
-# Keys a comparison decides itself: every run of it lands in its own folder with its own seed.
-OWNED_KEYS = ("data", "seed", "out", "name")
 METRIC_COLUMNS = ("test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
                   "best_epoch", "train_seconds", "seeds", "status")
 
@@ -43,10 +43,10 @@ class Grid:
     varied: list[str]    # the keys whose values differ between configs: the table's columns
 
 
-def read_grid(path: str | Path) -> Grid:
+def read_grid(path: str | Path, options: dict | None = None) -> Grid:
     """grid.yaml: `base` (options, or the path of a config.yaml), and `grid` (key: [values], run as
     a full product) and/or `configs` (a list of option sets); with both, every listed config runs
-    with every grid combination."""
+    with every grid combination. `options` (given on the command line) join the base."""
     path = Path(path)
     try:
         spec = yaml.safe_load(path.read_text()) or {}
@@ -54,13 +54,17 @@ def read_grid(path: str | Path) -> Grid:
         raise TransferlabError(f"--grid '{path}' does not exist: write a YAML file with base: and grid: "
                                "or configs:") from None
     except yaml.YAMLError as err:
-        raise TransferlabError(f"--grid '{path}' is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise TransferlabError(f"--grid {yaml_error(path, err)}: fix it there") from None
     if not isinstance(spec, dict) or not set(spec) <= set(GRID_KEYS) or not ({"grid", "configs"} & set(spec)):
         raise TransferlabError(f"--grid '{path}' must be a mapping with 'base' (optional) and 'grid' "
                                f"(key: [values]) and/or 'configs' (a list of option mappings)")
     base = spec.get("base") or {}
     if isinstance(base, str):
-        base = RunConfig.from_yaml(path.parent / base).to_dict()
+        # A run's config.yaml: its data, seed and folders are the comparison's to decide.
+        base = {k: v for k, v in RunConfig.from_yaml(path.parent / base).to_dict().items() if k not in OWNED_KEYS}
+    if not isinstance(base, dict):
+        raise TransferlabError(f"--grid '{path}': 'base' must be a mapping of options or the path of a config.yaml")
+    base = {**base, **(options or {})}
     grid = spec.get("grid") or {}
     listed = spec.get("configs") or [{}]
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -69,21 +73,28 @@ def read_grid(path: str | Path) -> Grid:
         raise TransferlabError(f"--grid '{path}': 'configs' must be a list of option mappings")
     product = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     configs = [{**c, **p} for c in listed for p in product]
-    for c in configs:
+    for number, c in enumerate(configs, 1):
         for key in set(c) | set(base):
             if key in OWNED_KEYS:
                 raise TransferlabError(f"--grid '{path}': '{key}' is set by compare itself (DATA, --seeds, "
                                        "--out); remove it from the grid")
-        RunConfig.from_dict({**base, **c}, origin=f"--grid '{path}'")  # unknown keys and bad values now
+        try:  # unknown keys and bad values now, not after the first runs
+            RunConfig.from_dict({**base, **c}, origin=f"--grid '{path}'")
+        except TransferlabError as err:
+            entry = ", ".join(f"{k}: {v}" for k, v in c.items()) or "the base alone"
+            raise TransferlabError(f"--grid '{path}', config {number} ({entry}): {err}") from None
     keys = list(dict.fromkeys(k for c in configs for k in c))
     varied = [k for k in keys if len({json.dumps(c.get(k, base.get(k)), sort_keys=True) for c in configs}) > 1]
     return Grid(base, configs, varied or keys)
 
 
-def config_id(values: dict) -> str:
-    """A readable folder name that is the same every time the same config is compared."""
+def config_id(values: dict, base: dict | None = None) -> str:
+    """A readable folder name (from what the config sets) that is the same every time the same
+    config is compared, and another one when the base under it changed: a finished run is only
+    read back for exactly the options it ran with."""
     text = "_".join(f"{k}-{v}" for k, v in values.items()) or "base"
-    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    everything = {**(base or {}), **values}
+    digest = hashlib.sha1(json.dumps(everything, sort_keys=True, default=str).encode()).hexdigest()[:6]
     return f"{re.sub(r'[^A-Za-z0-9.=-]+', '-', text)[:60].strip('-')}-{digest}"
 
 
@@ -95,14 +106,15 @@ class Comparison:
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
-            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1) -> Comparison:
+            name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1,
+            base: dict | None = None) -> Comparison:
     """`jobs` > 1 runs the (config, seed) runs in that many worker processes (one GPU each when
     there are GPUs); the table is the same as a serial run's."""
     if seeds < 1:
         raise TransferlabError(f"--seeds {seeds} must be at least 1")
     if jobs < 1:
         raise TransferlabError(f"--jobs {jobs} must be at least 1")
-    spec = read_grid(grid)
+    spec = read_grid(grid, base)
     data_name = load_source(data).images.name  # fails now, once, when DATA is wrong
     path = Path(out) / (name or f"{data_name}-{Path(grid).stem}")
     runs = path / "runs"
@@ -110,7 +122,7 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     started = time.perf_counter()
     seed_list = list(range(first_seed, first_seed + seeds))
     labels = [", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied) for values in spec.configs]
-    tasks = [(ci, seed, str(data), {**spec.base, **values}, runs / f"{config_id(values)}-seed{seed}")
+    tasks = [(ci, seed, str(data), {**spec.base, **values}, runs / f"{config_id(values, spec.base)}-seed{seed}")
              for ci, values in enumerate(spec.configs) for seed in seed_list]
     if jobs == 1:
         outcomes = _serial(tasks, labels, progress, started)

@@ -23,7 +23,7 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, progre
     """
     clf = ImageClassifier.load(run)
     clf.progress = progress
-    source = load_source(data)
+    source = load_source(data, min_classes=1)  # new images of one class can be scored too
     images = source.images
     given = source.given_splits
     if split is None and given:
@@ -33,7 +33,7 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, progre
             raise TransferlabError(f"--split {split}: '{data}' has no {split} split "
                                    f"(it has {', '.join(sorted(given)) or 'none'})")
         images = images.subset(np.flatnonzero(np.array(source.splits, dtype=object) == split))
-    images = align_classes(images, clf.class_names(), f"data '{data}'")
+    images = align_classes(images, clf.class_names(), f"data '{data}'", some=True)
     proba, ok, failures = clf.predict_proba_readable(images.images)
     if not ok.any():
         raise TransferlabError(f"none of the images in '{data}' could be read: {failures[0]}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -14,13 +15,14 @@ import numpy as np
 
 from ..audit.duplicates import pre_training_check
 from ..classifier import ImageClassifier
-from ..common.atomic import write_json, write_yaml
+from ..common.atomic import atomic_dir, check_writable, write_json, write_yaml
 from ..common.run_files import default_run_name, unique_dir, write_history
+from ..common.run_lock import RunLock
 from ..config import RunConfig
 from ..data.decode import UnreadableImage, decode
 from ..data.sources import load_source
 from ..data.split import Splits, split_source
-from ..errors import TransferlabError
+from ..errors import Interrupted, TransferlabError
 from ..inference.metrics import compute_metrics, format_metrics
 from ..report.curves import plot_curves
 from ..report.html import GalleryItem, write_run_report
@@ -57,32 +59,48 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
     if world.size > 1 and config.strategy == "features" and not world.main:
         return Run(None, {}, None)  # nothing trains by gradient: rank 0 does it alone
     started = time.perf_counter()
-    checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
-    if checkpoint is not None:
-        done = checkpoint.epochs_done
-        log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
-    source, splits, audit_info = _splits(config)
-    path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
-    if checkpoint is None and path is not None and config.strategy != "features":
-        # A features run refits its head from cached features in seconds: checkpoints would cost
-        # more than they save.
-        checkpoint = Checkpoint(path)
-    clf = ImageClassifier(**config.model_options(), progress=progress)
-    run_callbacks = [c for c in (checkpoint, TensorBoard(path) if config.tensorboard and path else None) if c]
-    if config.budget is not None:
-        scored = sum(len(part) for name, part in splits.items() if name != "train")
-        run_callbacks.append(Budget(config.budget, started, reserve_images=scored))
-    try:
-        clf.fit(splits.train, val=splits.val, callbacks=[*run_callbacks, *callbacks])
-        if not world.main:
-            return Run(None, {}, clf)
-        metrics = _write_results(path, clf, config, splits, audit_info, started)
-    except BaseException:
-        if world.main:
-            _after_failure(path, resume is not None)
-        raise
+    with contextlib.ExitStack() as held:
+        if resume is not None and world.main:
+            held.enter_context(RunLock(resume))  # before its checkpoint is read: one writer at a time
+        elif world.main:
+            check_writable(config.out)  # before the data loads
+        checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
+        if checkpoint is not None:
+            done = checkpoint.epochs_done
+            log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
+        source, splits, audit_info = _splits(config)
+        path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
+        if resume is None and path is not None:
+            held.enter_context(RunLock(path))
+        if checkpoint is None and path is not None and config.strategy != "features":
+            # A features run refits its head from cached features in seconds: checkpoints would
+            # cost more than they save.
+            checkpoint = Checkpoint(path)
+        clf = ImageClassifier(**config.model_options(), progress=progress)
+        try:
+            clf.fit(splits.train, val=splits.val,
+                    callbacks=[*_run_callbacks(config, path, checkpoint, splits, started), *callbacks])
+            if not world.main:
+                return Run(None, {}, clf)
+            metrics = _write_results(path, clf, config, splits, audit_info, started)
+        except BaseException as err:
+            if world.main:
+                _after_failure(path, resume is not None, err)
+            raise
     _report(metrics, splits, path)
     return Run(path, metrics, clf)
+
+
+def _run_callbacks(config: RunConfig, path: Path | None, checkpoint: Checkpoint | None, splits: Splits,
+                   started: float) -> list[Callback]:
+    """What the run directory asks of training: checkpoints, TensorBoard, the budget."""
+    callbacks: list[Callback] = [checkpoint] if checkpoint is not None else []
+    if config.tensorboard and path is not None:
+        callbacks.append(TensorBoard(path))
+    if config.budget is not None:
+        scored = sum(len(part) for name, part in splits.items() if name != "train")
+        callbacks.append(Budget(config.budget, started, reserve_images=scored))
+    return callbacks
 
 
 def _run_config(data, config: RunConfig | None, resume, options: dict) -> RunConfig:
@@ -108,6 +126,9 @@ def _splits(config: RunConfig) -> tuple:
     if source.ignored:
         log.warning(f"ignored {len(source.ignored)} file(s) without an image extension, "
                     f"e.g. {source.ignored[0]}")
+    if source.loose:
+        log.warning(f"ignored {len(source.loose)} image(s) lying beside the class folders, e.g. "
+                    f"{source.loose[0]}: move each into the folder of its class")
     splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
     splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
@@ -115,19 +136,25 @@ def _splits(config: RunConfig) -> tuple:
 
 
 def _new_run_dir(config: RunConfig, data_name: str, main: bool) -> Path | None:
+    """The run's folder, born with its config.yaml (written inside it before it gets its name), so
+    a run folder always says what it is, whenever the process is killed."""
     if not main:
         return None
     path = unique_dir(Path(config.out), config.name or default_run_name(data_name, config.strategy))
-    path.mkdir(parents=True)
-    write_yaml(path / "config.yaml", config.to_dict())
+    with atomic_dir(path) as tmp:
+        write_yaml(tmp / "config.yaml", config.to_dict())
     return path
 
 
-def _after_failure(path: Path, resumed: bool) -> None:
+def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
     if not resumed and not (path / CHECKPOINT).exists():
         shutil.rmtree(path, ignore_errors=True)  # nothing worth resuming: leave no trace
-    elif (path / CHECKPOINT).exists():
-        log.warning(f"run interrupted; continue it with `transferlab train --resume {path}`")
+        return
+    hint = f"continue it with `transferlab train --resume {path}`"
+    if isinstance(err, KeyboardInterrupt):
+        raise Interrupted(f"interrupted: {hint}") from None
+    if not isinstance(err, TransferlabError):  # a user's mistake says itself what to do instead
+        log.warning(f"run interrupted; {hint}")
 
 
 def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
