@@ -148,6 +148,8 @@ def test_unwritable_outputs_are_one_line_naming_the_folder(run, data, tmp_path, 
         one_line_error(capsys, str(ro / "audit"), "cannot write")
         assert main(["predict", str(run), image, "--output", str(ro / "p.csv")]) == 2
         one_line_error(capsys, "cannot write")
+        assert main(["train", str(data), "--out", str(tmp_path / "runs"), "--cache-dir", str(ro / "cache"), *FAST]) == 2
+        one_line_error(capsys, str(ro / "cache"), "cannot write")
     with read_only(run):
         assert main(["explain", str(run), image]) == 2
         one_line_error(capsys, "explain", "cannot write")

@@ -107,7 +107,6 @@ def _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
 
 def _write(result: dict, out: Path, run, refs: dict) -> None:
     """audit.json and audit.html in `out`; with a run, audit.json and an Audit section there too."""
-    out.mkdir(parents=True, exist_ok=True)
     result["written"] = [str(out / "audit.json"), str(out / "audit.html")]
     section = report.html_section(result, refs)
     if run is not None:

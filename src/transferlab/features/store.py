@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.atomic import make_dir
+from ..errors import TransferlabError
+
 
 class FeatureStore:
     """Feature vectors by image key in one SQLite file per extractor.
@@ -19,9 +22,13 @@ class FeatureStore:
         self.path = path
         self._memory: dict[str, np.ndarray] = {}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vec BLOB)")
+            make_dir(path.parent)
+            try:
+                with self._connect() as db:
+                    db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vec BLOB)")
+            except sqlite3.OperationalError as err:  # a read-only or full cache folder
+                raise TransferlabError(f"cannot write the feature cache '{path}' ({err}): give --cache-dir a "
+                                       "folder you can write to, or --no-feature-cache") from None
 
     @classmethod
     def for_extractor(cls, key: str, cache_dir: Path | None) -> "FeatureStore":

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from .. import __version__
-from ..common.atomic import replacing, write_json
+from ..common.atomic import make_dir, replacing, write_json
 from ..common.run_files import read_run_file
 from ..errors import TransferlabError
 from .factory import ModelSpec, build_model
@@ -35,7 +35,7 @@ class SavedModel:
 
 def save(directory: Path, model: SavedModel) -> None:
     """Write both files (each whole or not at all); the weights first, the description last."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     with replacing(directory / MODEL_FILE) as tmp:
         save_model(model.network, str(tmp))
     spec = model.spec

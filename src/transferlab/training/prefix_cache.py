@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..common.atomic import make_dir
 from ..common.progress import progress_bar
 from ..data.types import ImageSet
 from ..models.network import Network
@@ -97,7 +98,7 @@ def plan(network: Network, phases: list[Phase], pre: Preprocess, n_train: int, n
     needed = per_view * (n_train * views + n_val)
     on_disk = needed > memory_mb * 2**20
     if on_disk:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(cache_dir)
         free = shutil.disk_usage(cache_dir).free
         if needed * 1.2 > free:
             return Plan(False, f"the cache would need {needed / 2**30:.1f} GB, more than the memory budget "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..common.atomic import replacing, write_text
+from ..common.atomic import check_writable, replacing, write_text
 from ..common.run_files import yaml_error
 from ..config import COMPARE_OWNED as OWNED_KEYS
 from ..config import RunConfig
@@ -118,7 +118,7 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     data_name = load_source(data).images.name  # fails now, once, when DATA is wrong
     path = Path(out) / (name or f"{data_name}-{Path(grid).stem}")
     runs = path / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    check_writable(runs)
     started = time.perf_counter()
     seed_list = list(range(first_seed, first_seed + seeds))
     labels = [", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied) for values in spec.configs]
