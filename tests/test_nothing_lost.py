@@ -4,7 +4,6 @@ one writer at a time, and odd input (thin strips, one class, loose files) is han
 arises. One test per defect a hostile but realistic user found."""
 
 import contextlib
-import json
 import os
 import shutil
 import stat
@@ -19,7 +18,6 @@ import yaml
 from PIL import Image
 
 import transferlab
-from transferlab import TransferlabError
 from transferlab.cli import main
 from transferlab.data.decode import UnreadableImage, decode
 

@@ -60,10 +60,18 @@ def make_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Make `folder` if needed and prove a file can be created in it, before slow work starts."""
-    folder = make_dir(folder)
-    probe = temporary_name(folder / "probe")
+def check_writable(folder: str | os.PathLike, create: bool = True) -> Path:
+    """Prove a file can be created in `folder`, before slow work starts. With create=False a
+    folder that does not exist yet is not made: the nearest one above it that exists is probed."""
+    folder = Path(folder)
+    if create:
+        make_dir(folder)
+    probed = folder
+    while not probed.exists() and probed != probed.parent:
+        probed = probed.parent
+    if not probed.is_dir():
+        raise TransferlabError(f"cannot write '{folder}': '{probed}' is a file, not a folder: choose another folder")
+    probe = temporary_name(probed / "probe")
     with writing(folder):
         probe.touch(exist_ok=False)
         probe.unlink()

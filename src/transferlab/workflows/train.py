@@ -63,7 +63,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         if resume is not None and world.main:
             held.enter_context(RunLock(resume))  # before its checkpoint is read: one writer at a time
         elif world.main:
-            check_writable(config.out)  # before the data loads
+            check_writable(config.out, create=False)  # before the data loads
         checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
         if checkpoint is not None:
             done = checkpoint.epochs_done
