@@ -88,6 +88,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
                      started: float) -> None:
         phases(cfg, self.network_)  # --unfreeze beyond the backbone's stages fails before decoding
+        decoding = time.perf_counter()
         train, failed = readable(train, self.preprocess_, cfg.batch_size)
         skipped = [str(f) for f in failed]
         if val is None:
@@ -95,14 +96,17 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         else:
             val, failed = readable(val, self.preprocess_, cfg.batch_size)
             skipped += [str(f) for f in failed]
+        decode_seconds = time.perf_counter() - decoding
         self.skipped_ = skipped
-        result, self.preprocess_, path = fit_network(self.network_, cfg, self.preprocess_, train, val,
+        result, self.preprocess_, plan = fit_network(self.network_, cfg, self.preprocess_, train, val,
                                                      self.progress, callbacks)
         self.history_ = result.history
         fit_seconds = time.perf_counter() - started
-        self.fit_info_ = {"path": path, "best_epoch": result.best_epoch, f"best_{cfg.monitor}": result.best_value,
-                          "phases": result.phases, "images_trained": result.images_trained,
-                          "fit_seconds": round(fit_seconds, 2), "train_seconds": round(result.seconds_training, 2),
+        self.fit_info_ = {"path": plan.describe(), "best_epoch": result.best_epoch,
+                          f"best_{cfg.monitor}": result.best_value, "phases": result.phases,
+                          "images_trained": result.images_trained, "fit_seconds": round(fit_seconds, 2),
+                          "decode_seconds": round(decode_seconds, 2), "cache_seconds": round(plan.build_seconds, 2),
+                          "train_seconds": round(result.seconds_training, 2),
                           "train_images_per_second": round(result.images_trained / max(fit_seconds, 1e-9), 2)}
         if len(result.replicas) > 1:
             # Data-parallel: the ranks' final weights, which DDP must have kept identical.

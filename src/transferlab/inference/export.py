@@ -32,6 +32,7 @@ from ..data.types import ImageRef
 from ..errors import TransferlabError
 from ..models import saved
 from ..models.network import to_batch
+from ..models.same_padding import freeze_same_padding
 
 log = logging.getLogger("transferlab")
 
@@ -80,9 +81,10 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     model = saved.load(run)
     check_writable(target.parent)  # before the minutes of exporting
     metadata = export_metadata(model)
-    module = Probabilities(model.network).eval()
     # Batch 2 to trace, other batch sizes to check: a batch size baked into the graph shows up.
     example = _random_pixels(2, model.preprocess.input_size, seed=1)
+    freeze_same_padding(model.network.eval(), example)  # the file only ever sees this input size
+    module = Probabilities(model.network).eval()
     checks = _check_batches(model.preprocess, check_images)
     checked = sum(len(x) for x in checks)
     with replacing(target, overwrite=force or not named) as tmp:

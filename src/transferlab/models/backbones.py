@@ -13,6 +13,7 @@ from ..errors import TransferlabError
 from . import scratch  # noqa: F401  (registers basenet and basenet-plus)
 from .preprocess import Preprocess
 from .registry import REGISTERED, RegisteredBackbone
+from .same_padding import fix_same_padding
 from .weights import PACKAGED, WeightsInfo, load_weights
 
 
@@ -75,6 +76,7 @@ def create_backbone(name: str, weights: str = "auto", image_size: int | None = N
     model, info = load_weights(model, name, weights, seed)
     preprocess = Preprocess.from_timm_config(timm.data.resolve_model_data_config(model), image_size)
     model.reset_classifier(0)
+    fix_same_padding(model)  # the tf_ variants' padding, worked out once per input size
     return model.eval(), preprocess, info
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import replace
 from typing import Sequence
 
@@ -56,9 +57,10 @@ def train_settings(cfg: RunConfig, device: str = "cpu", class_weights: list[floa
 
 
 def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageSet, val: ImageSet | None,
-                progress: bool = True, callbacks: Sequence[Callback] = ()) -> tuple[FitResult, Preprocess, str]:
+                progress: bool = True, callbacks: Sequence[Callback] = ()
+                ) -> tuple[FitResult, Preprocess, prefix_cache.Plan]:
     """Train with the strategy's phases. Returns the result, the (possibly featurewise)
-    preprocessing, and which path ran (cached prefix or pixels)."""
+    preprocessing, and the plan that ran (cached prefix or pixels, and the cache's build time)."""
     if cfg.featurewise_norm:
         mean, std = channel_stats(train, pre)
         network.normalize.set_stats(mean, std)
@@ -86,6 +88,7 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
     try:
         if plan.use:
             network.to(device)
+            building = time.perf_counter()
             cache = prefix_cache.PrefixCache(plan, cache_dir)
             batch = max(cfg.batch_size, 64)
             train_src = prefix_cache.CachedActivations(
@@ -95,6 +98,7 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
                 cache.build(network, val, pre, None, 1, cfg.seed, batch, "val", progress),
                 val.labels, 256, shuffle=False, world=world) if val is not None else None
             forward = prefix_cache.suffix_forward(network, plan)
+            plan.build_seconds = time.perf_counter() - building
         else:
             train_src = PixelBatches(train, pre, batch_size, augment, shuffle=True,
                                      balanced=cfg.balance == "sampler", world=world)
@@ -113,4 +117,4 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
         if cache is not None:
             cache.close()
     network.to("cpu").eval()
-    return result, pre, plan.describe()
+    return result, pre, plan

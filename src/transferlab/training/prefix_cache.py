@@ -44,6 +44,7 @@ class Plan:
     bytes_needed: int = 0
     on_disk: bool = False
     end: str = "the pooled features"               # what the whole chain outputs
+    build_seconds: float = 0.0                     # spent running the prefix over the views
 
     def describe(self) -> str:
         if not self.use:
