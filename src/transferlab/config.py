@@ -85,7 +85,7 @@ class FitOptions:
     batch_size: int = opt(32, "images per batch")
     budget: float | None = opt(None, "minutes the run may take: epochs end early to fit (plus at most one epoch)")
     prefix_cache: bool = opt(True, "run the frozen front of the network once per cached view instead of every epoch")
-    cache_views: int = opt(4, "augmented views per training image in the prefix cache")
+    cache_views: int = opt(2, "augmented views per training image in the prefix cache")
     cache_memory_mb: int = opt(2048, "memory for the prefix cache; beyond it the cache goes to disk")
     seed: int = opt(0, "seed for splits, order, augmentation and initialisation")
 

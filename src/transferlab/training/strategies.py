@@ -20,7 +20,7 @@ RECIPES: dict[str, dict] = {
                      augment="none", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
     "frozen": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
                    augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
-    "finetune": dict(head="linear", dropout=0.2, epochs=10, head_epochs=5, patience=5, lr=1e-3,
+    "finetune": dict(head="linear", dropout=0.2, epochs=30, head_epochs=5, patience=5, lr=1e-3,
                      optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0),
     "reinit": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
                    augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
