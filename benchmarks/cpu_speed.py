@@ -25,7 +25,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 import transferlab
-from transferlab.models.weights import _packaged_lite0, assign_state_dict, read_checkpoint
+from transferlab.models.weights import packaged_file, assign_state_dict, read_checkpoint
 
 
 def plain_pytorch(data: Path, head_epochs: int, epochs: int) -> dict:
@@ -40,7 +40,7 @@ def plain_pytorch(data: Path, head_epochs: int, epochs: int) -> dict:
     val = torch.utils.data.DataLoader(datasets.ImageFolder(data / "val", eval_tf), batch_size=32,
                                       num_workers=2, persistent_workers=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    assign_state_dict(model, read_checkpoint(_packaged_lite0()), "packaged", allow_by_position=True)
+    assign_state_dict(model, read_checkpoint(packaged_file("tf_efficientnet_lite0")), "packaged", allow_by_position=True)
     model.reset_classifier(2)
     model = model.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss()

@@ -126,6 +126,11 @@ def test_backbones_lists_names_and_marks_offline_weights(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "tf_efficientnet_lite0  (offline weights)" in lines and "efficientnet_lite0" in lines
     assert main(["backbones", "zzz*"]) == 2
+    assert main(["backbones", "--offline"]) == 0  # what works on a machine without a network
+    assert capsys.readouterr().out.splitlines() == [
+        "basenet  (trains from scratch)", "basenet-plus  (trains from scratch)",
+        "tf_efficientnet_lite0  (offline weights)", "tf_efficientnet_lite1  (offline weights)",
+        "tf_efficientnet_lite2  (offline weights)"]
 
 
 def test_the_installed_command_has_help_everywhere():

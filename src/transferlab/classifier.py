@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -27,7 +28,9 @@ from .features.logistic import fit_logistic
 from .features.store import FeatureStore
 from .inference.probabilities import predict_pixels
 from .models import saved
+from .models.ensemble import FeatureEnsemble
 from .models.factory import ModelSpec, build_model
+from .models.network import Network
 from .models.heads import parse_head
 from .training.batches import TensorBatches
 from .training.callbacks import Budget, Callback
@@ -222,13 +225,33 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     # -- helpers -----------------------------------------------------------------------------
 
     def _features(self, images: list[ImageRef], desc: str) -> Extracted:
+        """The backbone's pooled features. An ensemble's members are cached each on its own: a
+        member at its own input size shares its features with single runs of it."""
+        backbone = self.network_.backbone
+        if not isinstance(backbone, FeatureEnsemble):
+            return self._member_features(self.config_.backbone, self.weights_.identity, self.network_, images, desc)
+        identities = self.weights_.members or (self.weights_.identity,)
+        pre = self.preprocess_
+        parts = [self._member_features(name, identities[k], Network(backbone.part(k), nn.Identity(), pre.mean,
+                                                                    pre.std, pre.input_size),
+                                       images, f"{desc} ({name})" if len(backbone.names) > 1 else desc)
+                 for k, name in enumerate(backbone.names)]
+        ok = np.logical_and.reduce([p.ok for p in parts])
+        # Every member decodes the same files, so they fail on the same ones; rows of the readable.
+        features = np.concatenate([p.features[ok[p.ok]] for p in parts], 1)
+        return Extracted(features, ok, parts[0].failures, computed=sum(p.computed for p in parts),
+                         cached=sum(p.cached for p in parts))
+
+    def _member_features(self, backbone: str, identity: str, network: Network, images: list[ImageRef],
+                         desc: str) -> Extracted:
         cfg = self.config_
-        key = (extractor_key(cfg.backbone, self.weights_.identity, self.preprocess_),
+        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views),
                cache_root(cfg.cache_dir) if cfg.feature_cache else None)
-        if getattr(self, "_store_key", None) != key:
-            self._store, self._store_key = FeatureStore.for_extractor(*key), key
-        return extract_features(self.network_, images, self.preprocess_, self._store,
-                                cfg.batch_size, progress=self.progress, desc=desc)
+        stores = self.__dict__.setdefault("_stores", {})
+        if key not in stores:
+            stores[key] = FeatureStore.for_extractor(*key)
+        return extract_features(network, images, self.preprocess_, stores[key], cfg.batch_size,
+                                progress=self.progress, desc=desc)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")

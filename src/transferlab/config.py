@@ -39,7 +39,9 @@ def opt(default, help: str, group: str = "training", choices=None):
 class FitOptions:
     strategy: str = opt("features", "how the pretrained network is reused", "model", STRATEGIES)
     backbone: str | None = opt(None, f"timm model name, or basenet / basenet-plus for scratch "
-                                     f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`)", "model")
+                                     f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`); features: "
+                                     "several, comma-separated, concatenate their features", "model")
+    feature_views: int = opt(1, "features: 2 averages each image's features with its mirror image's", "model")
     weights: str = opt("auto", "auto (packaged offline weights, else the timm hub), hub, none "
                                "(random), or a .safetensors / state-dict file", "model")
     head: str | None = opt(None, f"{HEAD_HELP} (default: linear; basenet mlp:512, basenet-plus "
@@ -170,6 +172,15 @@ class RunConfig(FitOptions):
             bad("budget", "must be a positive number of minutes")
         if self.cache_views < 1:
             bad("cache_views", "must be at least 1")
+        if self.feature_views not in (1, 2):
+            bad("feature_views", "must be 1 (the image) or 2 (the image and its mirror)")
+        several = self.backbone is not None and "," in str(self.backbone)
+        if (several or self.feature_views > 1) and self.strategy != "features":
+            what = "several backbones" if several else "--feature-views 2"
+            bad("backbone" if several else "feature_views",
+                f"gives {what}, which only --strategy features combines: drop it or use --strategy features")
+        if several and self.weights not in ("auto", "hub", "none"):
+            bad("weights", "names one file, but several backbones were given: use auto, hub or none")
         if self.reinit < 1:
             bad("reinit", "must be at least 1")
         if not 0 < self.backbone_lr_mult <= 1:

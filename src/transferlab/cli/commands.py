@@ -89,17 +89,21 @@ def evaluate(args: argparse.Namespace, progress: bool) -> None:
 @command("backbones", "list backbone names (timm), with wildcards",
          description="List backbone names. Those marked 'offline' have packaged weights.", arguments=[
              arg("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*' (default *)"),
-             arg("--pretrained", action="store_true", help="only backbones with pretrained weights")])
+             arg("--pretrained", action="store_true", help="only backbones with pretrained weights"),
+             arg("--offline", action="store_true",
+                 help="only backbones that work without a network (packaged weights, or made to train from scratch)")])
 def backbones(args: argparse.Namespace, progress: bool) -> None:
-    from ..models.backbones import list_backbones
+    from ..models.backbones import list_backbones, trains_from_scratch
     from ..models.weights import PACKAGED
 
-    names = list_backbones(args.pattern, pretrained=args.pretrained)
+    names = list_backbones(args.pattern, pretrained=args.pretrained, offline=args.offline)
     if not names:
         raise TransferlabError(f"no backbone matches '{args.pattern}': try a wider pattern such as "
                                f"'*{args.pattern.strip('*')[:4]}*'")
     for name in names:
-        print(f"{name}  (offline weights)" if name in PACKAGED else name)
+        note = ("  (offline weights)" if name in PACKAGED else "  (trains from scratch)" if args.offline
+                and trains_from_scratch(name) else "")
+        print(name + note)
 
 
 @command("predict", "classify image files, folders or globs with a saved run",

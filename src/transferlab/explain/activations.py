@@ -33,8 +33,11 @@ class Target:
 
 
 def timm_backbone(model: nn.Module) -> nn.Module:
-    """The timm model inside a Network (the bilinear strategy wraps it in a Tapped as `.net`)."""
+    """The timm model inside a Network (the bilinear strategy wraps it in a Tapped as `.net`; a
+    feature ensemble's layers are those of its first member)."""
     backbone = model.backbone if isinstance(model, Network) else model
+    if type(backbone).__name__ == "FeatureEnsemble":
+        return backbone.members[0]
     return getattr(backbone, "net", backbone) if type(backbone).__name__ == "Tapped" else backbone
 
 

@@ -23,10 +23,13 @@ log = logging.getLogger("transferlab")
 FEATURE_FORMAT = 1  # bump when the way features are computed changes, so old caches are not reused
 
 
-def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess) -> str:
+def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess, views: int = 1) -> str:
     """Identifies what a feature vector depends on besides the image itself."""
-    text = json.dumps({"backbone": backbone, "weights": weights_identity, "format": FEATURE_FORMAT,
-                       "preprocess": preprocess.to_dict()}, sort_keys=True)
+    described = {"backbone": backbone, "weights": weights_identity, "format": FEATURE_FORMAT,
+                 "preprocess": preprocess.to_dict()}
+    if views != 1:  # a key of its own; single-view keys stay those of earlier versions
+        described["views"] = views
+    text = json.dumps(described, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 

@@ -14,21 +14,24 @@ from . import scratch  # noqa: F401  (registers basenet and basenet-plus)
 from .preprocess import Preprocess
 from .registry import REGISTERED, RegisteredBackbone
 from .same_padding import fix_same_padding
-from .weights import PACKAGED, WeightsInfo, load_weights
+from .weights import PACKAGED, WeightsInfo, load_weights, packaged_installed
 
 
-def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
+def list_backbones(pattern: str = "*", pretrained: bool = False, offline: bool = False) -> list[str]:
     """Backbone names matching a shell-style wildcard (case-insensitive), sorted.
 
     pretrained=True keeps names that have weights somewhere (packaged, or on the hub), and the
-    registered networks made to train from scratch.
+    registered networks made to train from scratch; offline=True keeps those that work without a
+    network: packaged weights that are installed, and the networks made to train from scratch.
     """
     import timm
 
     names = set(timm.list_models(pretrained=False))
-    if pretrained:
+    if offline:
+        names = {n for n in PACKAGED if packaged_installed(n)}
+    elif pretrained:
         names = {n.split(".")[0] for n in timm.list_models(pretrained=True)} | set(PACKAGED)
-    names |= set(REGISTERED)
+    names |= {n for n in REGISTERED if not offline or trains_from_scratch(n)}
     pattern = pattern.lower()
     return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern))
 

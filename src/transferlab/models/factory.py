@@ -6,7 +6,7 @@ Training, loading a saved run, the audit's features, explain and `layers` all bu
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping, NamedTuple
 
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import TransferlabError
 from .backbones import create_backbone, feature_dim
 from .bilinear import BilinearHead
+from .ensemble import FeatureEnsemble
 from .heads import build_head, parse_branch_dropout
 from .network import Network
 from .preprocess import Preprocess
@@ -40,7 +41,13 @@ class ModelSpec:
     branch_dropout: tuple[float, float] = (0.0, 0.0)
     bilinear_reduce: int | None = None
     sketch_dim: int | None = None
+    feature_views: int = 1           # features: 2 averages each image's features with its mirror's
     seed: int = 0
+
+    @property
+    def backbones(self) -> list[str]:
+        """The backbone names: several for a feature ensemble (`a,b`)."""
+        return [b.strip() for b in self.backbone.split(",") if b.strip()]
 
     @classmethod
     def from_options(cls, options: Mapping, num_classes: int | None) -> "ModelSpec":
@@ -72,6 +79,12 @@ def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
     """The network `spec` describes. load_weights=False builds the structure only (random
     weights, no re-initialisation), for saved weights to fill."""
     weights = spec.weights if load_weights else "none"
+    if len(spec.backbones) > 1 or spec.feature_views > 1:
+        backbone, pre, info = _ensemble(spec, weights)
+        torch.manual_seed(spec.seed)
+        head = build_head(spec.head, backbone.num_features, spec.num_classes, spec.dropout) if spec.num_classes \
+            else nn.Identity()
+        return BuiltModel(Network(backbone, head, pre.mean, pre.std, pre.input_size), pre, info)
     backbone, pre, info = create_backbone(spec.backbone, weights, spec.image_size, spec.seed)
     if spec.strategy == "reinit" and load_weights:
         reinit_last_stages(backbone, spec.backbone, spec.reinit, spec.seed)
@@ -81,6 +94,23 @@ def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
     head = (build_head(spec.head, feature_dim(backbone), spec.num_classes, spec.dropout)
             if spec.num_classes else nn.Identity())
     return BuiltModel(Network(backbone, head, pre.mean, pre.std, pre.input_size), pre, info)
+
+
+def _ensemble(spec: ModelSpec, weights: str) -> tuple[FeatureEnsemble, Preprocess, WeightsInfo]:
+    """The members side by side, at one input: --image-size, else the largest native size of
+    the members (the others run at it too), with that member's resize and crop."""
+    built = [create_backbone(name, weights, spec.image_size, spec.seed) for name in spec.backbones]
+
+    def native_size(member) -> int:
+        return int((getattr(member[0], "pretrained_cfg", None) or {}).get("input_size", (0, 0, 0))[-1])
+
+    pre = max(built, key=native_size)[1]  # the first of the largest, when sizes tie
+    ensemble = FeatureEnsemble([b[0] for b in built], spec.backbones, [(p.mean, p.std) for _, p, _ in built],
+                               mirror=spec.feature_views > 1)
+    first = built[0][1]
+    pre = replace(pre, mean=first.mean, std=first.std)  # the network normalises for the first member
+    info = built[0][2] if len(built) == 1 else WeightsInfo.combined([b[2] for b in built])
+    return ensemble, pre, info
 
 
 def _bilinear_network(spec: ModelSpec, backbone: nn.Module, pre: Preprocess, load_weights: bool) -> Network:

