@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass, fields
@@ -32,12 +34,15 @@ from .models.ensemble import FeatureEnsemble
 from .models.factory import ModelSpec, build_model
 from .models.network import Network
 from .models.heads import parse_head
+from .selection.auto import choose
 from .training.batches import TensorBatches
 from .training.callbacks import Budget, Callback
 from .training.distributed import World
 from .training.engine import Phase, Trainer
 from .training.fit import fit_network, resolve_device, train_settings
 from .training.strategies import phases, resolve
+
+log = logging.getLogger("transferlab")
 
 HELD_BACK = 0.15  # of each class, for early stopping when fit gets no validation data
 
@@ -74,6 +79,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         callbacks = list(callbacks or [])
         if cfg.budget is not None and not any(isinstance(c, Budget) for c in callbacks):
             callbacks.append(Budget(cfg.budget, started))
+        if cfg.strategy == "auto":
+            self._fit_auto(cfg, train, val, callbacks, started)
+            return self
         self.config_ = cfg
         self.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
         built = build_model(self.spec_)
@@ -84,6 +92,32 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             self._fit_network(cfg, train, val, callbacks, started)
         self.network_.eval()
         return self
+
+    def _fit_auto(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
+                  started: float) -> None:
+        """Fit the candidates of `--strategy auto` cheapest first within the budget, keep the one
+        with the best validation score, and become it (its strategy, network and options)."""
+        if val is None:  # choices need a validation split: held back from train, per class
+            train, val = hold_back(train, cfg.seed)
+        budget = next((c for c in callbacks if isinstance(c, Budget)), None)
+        deadline = (budget.started + budget.minutes * 60) if budget is not None else started + cfg.budget * 60
+        others = [c for c in callbacks if not isinstance(c, Budget)]
+        options = {**self._fit_options(), "budget": None}
+
+        def make(changes: dict) -> "ImageClassifier":
+            return ImageClassifier(**{**options, **changes}, progress=self.progress)
+
+        winner, candidates, why = choose(make, train, val, self.backbone, deadline, _val_scores, others,
+                                         lambda minutes: Budget(minutes))
+        for name in ("classes_", "network_", "preprocess_", "weights_", "spec_", "config_", "history_", "skipped_",
+                     "feature_counts_"):
+            if hasattr(winner, name):
+                setattr(self, name, getattr(winner, name))
+        chosen = next(c for c in candidates if c.model is winner)
+        self.fit_info_ = {**winner.fit_info_, "auto": {
+            "chosen": chosen.name, "why": why, "budget_minutes": cfg.budget,
+            "seconds": round(time.perf_counter() - started, 1), "candidates": [c.row() for c in candidates]}}
+        log.info(f"auto chose {chosen.name}: {why}")
 
     def _fit_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
@@ -341,6 +375,16 @@ def align_classes(images: ImageSet, classes: list[str], what: str, some: bool = 
     index = {c: i for i, c in enumerate(classes)}
     remap = np.array([index[c] for c in images.classes])
     return ImageSet(images.images, remap[images.labels], list(classes), images.name)
+
+
+def _val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float]:
+    """(accuracy, log loss) of a fitted model on the readable val images."""
+    proba, ok, _ = model.predict_proba_readable(val.images)
+    labels = val.labels[ok]
+    if not len(labels):
+        return 0.0, math.inf
+    picked = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)
+    return float((proba.argmax(1) == labels).mean()), float(-np.log(picked).mean())
 
 
 def hold_back_mask(labels: np.ndarray, seed: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from .models.registry import DEFAULT_BACKBONE, WEIGHT_SOURCES
 # Keys a comparison decides itself: every run of it lands in its own folder with its own seed.
 COMPARE_OWNED = ("data", "seed", "out", "name")
 # Options with a fixed set of values; validate() checks them before any data or weights load.
-STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch")
+STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch", "auto")
 OPTIMIZERS = ("adamw", "sgd", "adam", "rmsprop")
 SCHEDULES = ("cosine", "constant", "step", "onecycle")
 AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")

@@ -195,6 +195,17 @@ def _is_scalar(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, np.generic))
 
 
+def _auto_section(metrics: dict) -> dict | None:
+    """The candidates of an auto run, a row each."""
+    auto = (metrics.get("fit") or {}).get("auto")
+    if not auto:
+        return None
+    rows = [[c["candidate"], c["status"], *(_fmt(c.get(k)) for k in ("val_accuracy", "val_log_loss", "seconds",
+                                                                      "estimated_seconds"))]
+            for c in auto["candidates"]]
+    return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows}
+
+
 def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[dict],
                      gallery: list[GalleryItem]) -> Path:
     """Write run_dir/report.html, one self-contained page about the run, and return its path.
@@ -217,7 +228,8 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
         strategy=config.get("strategy") or metrics.get("strategy") or "?",
         backbone=config.get("backbone") or "default backbone",
         score=f"{split} accuracy {metrics[split]['accuracy']:.4f}" if split else "no held-out score",
-        split=split, split_rows=_split_rows(metrics), fit=fit, skipped=metrics.get("skipped") or [],
+        split=split, split_rows=_split_rows(metrics), fit=fit, auto=_auto_section(metrics),
+        skipped=metrics.get("skipped") or [],
         epochs=len(history), curves=data_uri(curves.read_bytes()) if history and curves.is_file() else None,
         confusion=data_uri(confusion_png(matrix, list(per_class))) if per_class and matrix is not None else None,
         per_class=[[name, *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1")), _fmt(s.get("support"))]

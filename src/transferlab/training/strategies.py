@@ -26,6 +26,8 @@ RECIPES: dict[str, dict] = {
                    augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
     "bilinear": dict(head="linear", dropout=0.5, epochs=10, head_epochs=5, patience=5, lr=1e-3,
                      optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0),
+    # auto: every candidate resolves its own recipe; the budget bounds them all.
+    "auto": dict(budget=20.0),
     "scratch": dict(backbone="basenet", image_size=32, dropout=0.5, epochs=30, patience=10, lr=0.02,
                     optimizer="sgd", augment="classic", featurewise_norm=True, head_epochs=0,
                     warmup_epochs=0.0),
@@ -52,7 +54,8 @@ def resolve(config: RunConfig) -> RunConfig:
     values = {}
     for key, value in config.to_dict().items():
         values[key] = recipe.get(key) if value is None and key in recipe else value
-    values["backbone"] = backbone
+    # auto picks its backbones itself unless the user named one
+    values["backbone"] = config.backbone if config.strategy == "auto" else backbone
     if values["weight_decay"] is None:
         values["weight_decay"] = 0.01 if values["optimizer"] in ("adamw", "adam") else 5e-4
     if values["optimizer"] == "adam" and config.weight_decay is None:

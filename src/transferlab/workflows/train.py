@@ -72,9 +72,10 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
         if resume is None and path is not None:
             held.enter_context(RunLock(path))
-        if checkpoint is None and path is not None and config.strategy != "features":
+        if checkpoint is None and path is not None and config.strategy not in ("features", "auto"):
             # A features run refits its head from cached features in seconds: checkpoints would
-            # cost more than they save.
+            # cost more than they save. An auto run fits several candidates: a checkpoint of one
+            # could not be resumed as the run.
             checkpoint = Checkpoint(path)
         clf = ImageClassifier(**config.model_options(), progress=progress)
         try:

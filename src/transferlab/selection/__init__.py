@@ -1,0 +1,1 @@
+"""Choosing among candidate classifiers by validation score within a time budget."""

@@ -1,0 +1,145 @@
+"""`--strategy auto`: candidates fitted cheapest first within a time budget, each scored on the
+validation split only, the best kept. The test split is never seen here: the caller scores the
+winner on it once, after the choice.
+
+The estimator is passed in as a factory (`make(options) -> fitted-to-be estimator`), so this
+module knows the candidates and the budget, not how a classifier is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import TransferlabError
+from ..models.weights import packaged_installed
+
+log = logging.getLogger("transferlab")
+
+OFFLINE_ZOO = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+# Forward cost of each backbone at its own input size against Lite0 at 224 px, about their
+# multiply-adds (0.39, 0.60, 0.87 GMACs); an ensemble runs every member at the largest size.
+COST = {"tf_efficientnet_lite0": 1.0, "tf_efficientnet_lite1": 1.55, "tf_efficientnet_lite2": 2.25}
+NATIVE = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}
+# How much longer fine-tuning takes than one features pass over the same images, measured on
+# cars43 and hymenoptera with the default recipe (2 cached views, up to 35 epochs on the cache).
+FINETUNE_OVER_FEATURES = 4.0
+
+
+@dataclass
+class Candidate:
+    name: str
+    options: dict          # run options that differ from the user's
+    estimate: float = 0.0  # seconds, before it runs
+    val_accuracy: float | None = None
+    val_log_loss: float | None = None
+    seconds: float | None = None
+    status: str = "pending"
+    model: object = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        return {"candidate": self.name, "options": self.options, "val_accuracy": _round(self.val_accuracy),
+                "val_log_loss": _round(self.val_log_loss), "seconds": _round(self.seconds, 1),
+                "estimated_seconds": round(self.estimate, 1), "status": self.status}
+
+
+def _round(value, digits: int = 4):
+    return None if value is None else round(float(value), digits)
+
+
+def fine_grained(labels: np.ndarray) -> bool:
+    """Many classes with few images each (car models, bird species): bilinear pooling's case."""
+    counts = np.bincount(labels)
+    return len(counts) >= 10 and float(np.median(counts)) <= 100
+
+
+def feature_candidates(backbone: str | None) -> list[Candidate]:
+    """The cheap ones: features on each offline backbone (or the one the user named), then the
+    ensemble of them."""
+    names = [backbone] if backbone else [n for n in OFFLINE_ZOO if packaged_installed(n)]
+    found = [Candidate(f"features {n}", {"strategy": "features", "backbone": n}) for n in names]
+    if len(names) > 1:
+        found.append(Candidate(f"features {'+'.join(n.removeprefix('tf_efficientnet_') for n in names)}",
+                               {"strategy": "features", "backbone": ",".join(names)}))
+    return found
+
+
+def choose(make: Callable[[dict], object], train, val, backbone: str | None, deadline: float,
+           val_scores: Callable[[object, object], tuple[float, float]],
+           callbacks: Sequence = (), budget_callback: Callable[[float], object] | None = None,
+           ) -> tuple[object, list[Candidate], str]:
+    """Fit the candidates in order while the budget allows; return (the winner, every candidate,
+    why it won). `val_scores(model, val)` gives (accuracy, log loss) on the val split."""
+    candidates = feature_candidates(backbone)
+    unit = None  # seconds of a Lite0 features pass over train + val, once measured
+
+    def run(candidate: Candidate, extra_callbacks: Sequence = ()) -> None:
+        left = deadline - time.perf_counter()
+        if candidate.estimate > left and any(c.status == "ok" for c in candidates):  # the first always runs
+            candidate.status = f"skipped: needs about {candidate.estimate:.0f} s, {max(left, 0):.0f} s left"
+            log.info(f"auto: {candidate.name} {candidate.status}")
+            return
+        start = time.perf_counter()
+        try:
+            model = make(candidate.options).fit(train, val=val, callbacks=[*callbacks, *extra_callbacks])
+        except Exception as err:  # one candidate failing (memory, odd data) leaves the others
+            candidate.status = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+            log.warning(f"auto: {candidate.name} {candidate.status}")
+            return
+        candidate.seconds = time.perf_counter() - start
+        candidate.val_accuracy, candidate.val_log_loss = val_scores(model, val)
+        candidate.model, candidate.status = model, "ok"
+        log.info(f"auto: {candidate.name}: val accuracy {candidate.val_accuracy:.4f}, log loss "
+                 f"{candidate.val_log_loss:.4f} ({candidate.seconds:.0f} s)")
+
+    for candidate in candidates:
+        if unit is not None:
+            candidate.estimate = unit * _cost(candidate.options["backbone"])
+        run(candidate)
+        if unit is None and candidate.seconds is not None:
+            unit = candidate.seconds / _cost(candidate.options["backbone"])
+    singles = [c for c in candidates if c.status == "ok" and "," not in c.options["backbone"]]
+    if singles and unit is not None:
+        best = max(singles, key=_rank)
+        name = best.options["backbone"]
+        later = [Candidate(f"finetune {name}", {"strategy": "finetune", "backbone": name},
+                           unit * _cost(name) * FINETUNE_OVER_FEATURES)]
+        if fine_grained(train.labels):
+            later.append(Candidate("bilinear", {"strategy": "bilinear"}, unit * FINETUNE_OVER_FEATURES))
+        for candidate in later:
+            left = deadline - time.perf_counter()
+            # The budget callback ends its epochs in time; the estimate decides whether it starts.
+            run(candidate, [budget_callback(left / 60)] if budget_callback and left > 0 else [])
+            candidates.append(candidate)
+    done = [c for c in candidates if c.status == "ok"]
+    if not done:
+        reasons = "; ".join(f"{c.name}: {c.status}" for c in candidates)
+        raise TransferlabError(f"--strategy auto: no candidate could be fitted ({reasons}): give a larger --budget "
+                               "or choose a strategy")
+    winner = max(done, key=_rank)
+    runner_up = max((c for c in done if c is not winner), key=_rank, default=None)
+    why = f"highest validation accuracy ({winner.val_accuracy:.4f}"
+    why += (f"; next {runner_up.name} at {runner_up.val_accuracy:.4f})" if runner_up else ")")
+    if runner_up and math.isclose(winner.val_accuracy, runner_up.val_accuracy):
+        why = (f"validation accuracy tied with {runner_up.name} ({winner.val_accuracy:.4f}); lower validation "
+               f"log loss ({winner.val_log_loss:.4f} against {runner_up.val_log_loss:.4f})")
+    return winner.model, candidates, why
+
+
+def _cost(backbone: str) -> float:
+    """Estimated cost of a features pass, in Lite0 passes. An ensemble runs every member at the
+    largest member's size; a member already at its own size reuses its single run's features."""
+    names = backbone.split(",")
+    if len(names) == 1:
+        return COST.get(names[0], 1.0)
+    size = max(NATIVE.get(n, 224) for n in names)
+    return sum(COST.get(n, 1.0) * (size / NATIVE.get(n, 224)) ** 2 for n in names if NATIVE.get(n, 224) != size)
+
+
+def _rank(candidate: Candidate) -> tuple[float, float]:
+    return candidate.val_accuracy, -candidate.val_log_loss

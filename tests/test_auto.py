@@ -1,0 +1,78 @@
+"""`--strategy auto`: candidates cheapest first within the budget, chosen on the validation split
+alone, one run written for the winner, every candidate reported."""
+
+import csv
+import random
+
+import pytest
+
+import transferlab
+
+OPTIONS = dict(strategy="auto", image_size=64, progress=False)
+
+
+def _csv(hymenoptera, path, poison_test: bool = False):
+    """A path,label,split CSV of hymenoptera photos: 12 train, 6 val, 6 test per class; with
+    `poison_test` every test label is the other class."""
+    rows = []
+    for cls, other in (("ants", "bees"), ("bees", "ants")):
+        files = sorted((hymenoptera / "train" / cls).glob("*.jpg"))[:18] + sorted((hymenoptera / "val" / cls).glob("*.jpg"))[:6]
+        for k, f in enumerate(files):
+            split = "train" if k < 12 else "val" if k < 18 else "test"
+            rows.append((str(f), other if poison_test and split == "test" else cls, split))
+    random.Random(0).shuffle(rows)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def auto_run(hymenoptera, tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    return transferlab.train(_csv(hymenoptera, root / "data.csv"), out=root / "runs", budget=10, **OPTIONS)
+
+
+def test_auto_scores_every_cheap_candidate_on_val_and_keeps_the_best(auto_run):
+    auto = auto_run.metrics["fit"]["auto"]
+    rows = {r["candidate"]: r for r in auto["candidates"]}
+    assert {"features tf_efficientnet_lite0", "features tf_efficientnet_lite1", "features tf_efficientnet_lite2",
+            "features lite0+lite1+lite2"} <= set(rows)
+    done = [r for r in rows.values() if r["status"] == "ok"]
+    best = max(done, key=lambda r: (r["val_accuracy"], -r["val_log_loss"]))
+    assert auto["chosen"] == best["candidate"] and "validation" in auto["why"]
+    assert auto_run.metrics["strategy"] == rows[auto["chosen"]]["options"]["strategy"]
+    assert auto_run.metrics["test"]["accuracy"] >= 0.6  # 12 test photos at 64 px; chance is 0.5
+    report = (auto_run.path / "report.html").read_text()
+    assert "Candidates (--strategy auto)" in report and auto["chosen"] in report
+
+
+def test_an_auto_run_reloads_as_its_winner(auto_run, hymenoptera):
+    clf = transferlab.ImageClassifier.load(auto_run.path)
+    images = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[10:13]
+    assert clf.config_.strategy != "auto"
+    assert (clf.predict_proba(images) == auto_run.classifier.predict_proba(images)).all()
+
+
+def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_run, tmp_path):
+    """The same data with every test label wrong: the same candidates score the same on val and
+    the same one wins; only the test score changes."""
+    poisoned = transferlab.train(_csv(hymenoptera, tmp_path / "data.csv", poison_test=True), out=tmp_path / "runs",
+                                 budget=10, **OPTIONS)
+    clean, dirty = auto_run.metrics["fit"]["auto"], poisoned.metrics["fit"]["auto"]
+    assert dirty["chosen"] == clean["chosen"]
+    assert [(r["candidate"], r["val_accuracy"], r["val_log_loss"]) for r in dirty["candidates"]] == [
+        (r["candidate"], r["val_accuracy"], r["val_log_loss"]) for r in clean["candidates"]]
+    assert poisoned.metrics["test"]["accuracy"] == pytest.approx(1 - auto_run.metrics["test"]["accuracy"])
+
+
+def test_the_budget_is_honoured_within_one_candidates_time(hymenoptera, tmp_path):
+    """With under a second, the first candidate runs (something must win) and the ones that cannot
+    fit are skipped, with the reason."""
+    run = transferlab.train(_csv(hymenoptera, tmp_path / "data.csv"), out=tmp_path / "runs", budget=0.01,
+                            cache_dir=tmp_path / "cold-cache", **OPTIONS)
+    auto = run.metrics["fit"]["auto"]
+    took = [r["seconds"] for r in auto["candidates"] if r["seconds"] is not None]
+    assert auto["seconds"] <= 0.01 * 60 + max(took) + 2
+    assert any(r["status"].startswith("skipped: needs about") for r in auto["candidates"])
