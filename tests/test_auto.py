@@ -76,3 +76,11 @@ def test_the_budget_is_honoured_within_one_candidates_time(hymenoptera, tmp_path
     took = [r["seconds"] for r in auto["candidates"] if r["seconds"] is not None]
     assert auto["seconds"] <= 0.01 * 60 + max(took) + 2
     assert any(r["status"].startswith("skipped: needs about") for r in auto["candidates"])
+
+
+def test_a_mistake_in_the_options_fails_in_one_line_and_writes_no_run(hymenoptera, tmp_path):
+    with pytest.raises(transferlab.TransferlabError) as err:
+        transferlab.train(_csv(hymenoptera, tmp_path / "data.csv"), out=tmp_path / "runs", backbone="resnt50",
+                          **OPTIONS)
+    assert "unknown backbone 'resnt50'" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -87,6 +87,8 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         start = time.perf_counter()
         try:
             model = make(candidate.options).fit(train, val=val, callbacks=[*callbacks, *extra_callbacks])
+        except TransferlabError:
+            raise  # the user's mistake (an unknown backbone, a bad option): every candidate would hit it
         except Exception as err:  # one candidate failing (memory, odd data) leaves the others
             candidate.status = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
             log.warning(f"auto: {candidate.name} {candidate.status}")
