@@ -1,6 +1,7 @@
 """Shared test set-up: no network, a private cache, and the read-only data beside the checkout."""
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -54,6 +55,17 @@ def hymenoptera() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_small() -> Path:
     return _shared("cifar10-small")
+
+
+@pytest.fixture(scope="module")
+def small_set(hymenoptera, tmp_path_factory) -> Path:
+    """Ten real ants and ten real bees (a copy per test module): enough for a quick real run."""
+    root = tmp_path_factory.mktemp("ants-bees")
+    for cls in ("ants", "bees"):
+        (root / cls).mkdir()
+        for f in sorted((hymenoptera / "train" / cls).glob("*.jpg"))[:10]:
+            shutil.copy(f, root / cls / f.name)
+    return root
 
 
 COLOURS = {"red": (210, 35, 35), "green": (35, 190, 35), "blue": (35, 35, 210)}

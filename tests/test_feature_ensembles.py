@@ -2,29 +2,18 @@
 member's features cached on its own, and a run that saves, reloads, predicts, exports and
 explains like any other."""
 
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
+from run_checks import assert_reload_predict_and_export_agree
 
 import transferlab
-from transferlab import ImageClassifier, TransferlabError
+from transferlab import TransferlabError
 from transferlab.explain.commands import explain
-from transferlab.inference.export import export
 from transferlab.models.ensemble import FeatureEnsemble
 
 PAIR = "tf_efficientnet_lite0,tf_efficientnet_lite1"
-
-
-@pytest.fixture(scope="module")
-def small_set(hymenoptera, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ants-bees")
-    for cls in ("ants", "bees"):
-        (root / cls).mkdir()
-        for f in sorted((hymenoptera / "train" / cls).glob("*.jpg"))[:10]:
-            shutil.copy(f, root / cls / f.name)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +38,7 @@ def test_each_member_is_cached_on_its_own(small_set, ensemble_run, tmp_path):
 
 
 def test_an_ensemble_run_reloads_predicts_and_exports_the_same_probabilities(ensemble_run, small_set):
-    images = sorted(small_set.glob("*/*.jpg"))[:4]
-    trained = ensemble_run.classifier.predict_proba(images)
-    loaded = ImageClassifier.load(ensemble_run.path)
-    loaded.progress = False
-    np.testing.assert_array_equal(loaded.predict_proba(images), trained)
-    loaded.config_.feature_cache = False  # the whole network over pixels, as an export runs it
-    np.testing.assert_allclose(loaded.predict_proba(images), trained, atol=1e-5)
-    exported = export(ensemble_run.path, check_images=images)
-    assert exported["max_abs_diff"] <= 1e-4 and exported["inputs_checked"] >= 4
+    assert_reload_predict_and_export_agree(ensemble_run, sorted(small_set.glob("*/*.jpg"))[:4])
 
 
 def test_grad_cam_explains_an_ensemble_in_its_first_member(ensemble_run, small_set, tmp_path):
@@ -66,7 +47,7 @@ def test_grad_cam_explains_an_ensemble_in_its_first_member(ensemble_run, small_s
 
 
 def test_mirror_averaged_features_give_the_same_answer_for_a_mirrored_image(small_set, tmp_path):
-    run = transferlab.train(small_set, feature_views=2, image_size=112, out=tmp_path, progress=False)
+    run = transferlab.train(small_set, feature_views=2, image_size=112, resize="crop", out=tmp_path, progress=False)
     source = sorted(small_set.glob("bees/*.jpg"))[0]
     mirrored = tmp_path / "mirrored.png"
     pre = run.classifier.preprocess_

@@ -263,12 +263,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         member at its own input size shares its features with single runs of it."""
         backbone = self.network_.backbone
         if not isinstance(backbone, FeatureEnsemble):
-            return self._member_features(self.config_.backbone, self.weights_.identity, self.network_, images, desc)
+            return self._member_features(self.config_.backbone, self.weights_.identity, self.network_, images, desc,
+                                         getattr(backbone, "pooling", None))
         identities = self.weights_.members or (self.weights_.identity,)
         pre = self.preprocess_
         parts = [self._member_features(name, identities[k], Network(backbone.part(k), nn.Identity(), pre.mean,
                                                                     pre.std, pre.input_size),
-                                       images, f"{desc} ({name})" if len(backbone.names) > 1 else desc)
+                                       images, f"{desc} ({name})" if len(backbone.names) > 1 else desc,
+                                       getattr(backbone.members[k], "pooling", None))
                  for k, name in enumerate(backbone.names)]
         ok = np.logical_and.reduce([p.ok for p in parts])
         # Every member decodes the same files, so they fail on the same ones; rows of the readable.
@@ -277,9 +279,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                          cached=sum(p.cached for p in parts))
 
     def _member_features(self, backbone: str, identity: str, network: Network, images: list[ImageRef],
-                         desc: str) -> Extracted:
+                         desc: str, pooling: str | None = None) -> Extracted:
         cfg = self.config_
-        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views),
+        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling),
                cache_root(cfg.cache_dir) if cfg.feature_cache else None)
         stores = self.__dict__.setdefault("_stores", {})
         if key not in stores:

@@ -29,6 +29,8 @@ AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
 BALANCE = ("none", "weights", "sampler")
 MONITORS = ("val_loss", "val_accuracy")
 CIFAR_LABELS = ("fine", "coarse")
+RESIZE_MODES = ("squash", "crop")
+POOLINGS = ("avg", "bilinear")
 
 
 def opt(default, help: str, group: str = "training", choices=None):
@@ -42,16 +44,23 @@ class FitOptions:
                                      f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`); features: "
                                      "several, comma-separated, concatenate their features", "model")
     feature_views: int = opt(1, "features: 2 averages each image's features with its mirror image's", "model")
+    pooling: str = opt("avg", "features: avg (the backbone's pooled features) or bilinear (signed-sqrt, "
+                              "L2-normalised second-order pooling of --layer, cached like pooled features: "
+                              "for fine-grained classes)", "model", POOLINGS)
     weights: str = opt("auto", "auto (packaged offline weights, else the timm hub), hub, none "
                                "(random), or a .safetensors / state-dict file", "model")
     head: str | None = opt(None, f"{HEAD_HELP} (default: linear; basenet mlp:512, basenet-plus "
                                  "mlp-bn:512,256)", "model")
     dropout: float | None = opt(None, "dropout before the head's last layer(s)", "model")
     image_size: int | None = opt(None, "input size in pixels (default: the backbone's; 32 for scratch)", "model")
+    resize: str = opt("crop", "how an image becomes the square input: crop (shorter side resized, centre "
+                              "cropped: timm's ImageNet view) or squash (the whole image resized to it, aspect "
+                              "not kept, nothing of a wide object cut off; auto tries both)", "model", RESIZE_MODES)
     unfreeze: int | str = opt(1, "finetune, bilinear: how many last stages train in phase 2, or 'all' "
                              "(`transferlab layers` shows the stages)", "model")
     reinit: int = opt(1, "reinit: how many last stages get fresh weights", "model")
-    layer: str | None = opt(None, "bilinear: the layer to tap, or two (A,B) for an asymmetric head; a module "
+    layer: str | None = opt(None, "bilinear (and features --pooling bilinear): the layer to tap, or two (A,B) "
+                                  "for an asymmetric head; a module "
                                   "name, stage-1 (last stage), stage-2, ..., or a Keras name such as "
                                   "block5_conv3 (default: VGG block5_conv3, EfficientNet its last block "
                                   "stage, otherwise stage-1)", "bilinear")
@@ -179,6 +188,11 @@ class RunConfig(FitOptions):
             what = "several backbones" if several else "--feature-views 2"
             bad("backbone" if several else "feature_views",
                 f"gives {what}, which only --strategy features combines: drop it or use --strategy features")
+        if self.pooling != "avg" and self.strategy not in ("features", "auto"):
+            bad("pooling", "is for --strategy features (cached features); --strategy bilinear trains a bilinear "
+                           "network")
+        if self.pooling != "avg" and self.layer is not None and "," in self.layer:
+            bad("layer", "names two layers, but --pooling bilinear taps one")
         if several and self.weights not in ("auto", "hub", "none"):
             bad("weights", "names one file, but several backbones were given: use auto, hub or none")
         if self.reinit < 1:

@@ -55,10 +55,10 @@ def backbone_features(images: list[ImageRef], backbone: str | None = None, weigh
     from ..models.factory import ModelSpec, build_model
     from ..training.strategies import resolve
 
-    # The `features` strategy's own resolution: the same backbone, weights and input size.
+    # The `features` strategy's own resolution: the same backbone, weights, input size and resize.
     cfg = resolve(RunConfig(strategy="features", backbone=backbone, weights=weights))
     built = build_model(ModelSpec(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size,
-                                  seed=cfg.seed))
+                                  resize=cfg.resize, seed=cfg.seed))
     cache = cache_root(cache_dir) if feature_cache else None
     store = FeatureStore.for_extractor(extractor_key(cfg.backbone, built.weights.identity, built.preprocess), cache)
     ex = extract_features(built.network.eval(), images, built.preprocess, store, batch_size, progress=progress,

@@ -1,6 +1,7 @@
 """Augmentation: owns training-time augmentation on cached decoded images.
 
-The decoded-image cache holds (H, W, 3) uint8 arrays whose shorter side is already `resize_size`.
+The decoded-image cache holds (H, W, 3) uint8 arrays already resized to `resize_size` (the shorter
+side, or the whole S x S square under `--resize squash`).
 build_augment() turns one of them into a (3, S, S) uint8 tensor for training; build_batch_mix()
 optionally mixes a batch (MixUp / CutMix). Both are thin wrappers around torchvision.transforms.v2:
 

@@ -34,7 +34,7 @@ class DecodedImages:
         self._lock = threading.Lock()
         self.decodes = 0  # how many times a file was actually decoded
 
-    def get(self, image: ImageRef, shorter_side: int, interpolation: str,
+    def get(self, image: ImageRef, shorter_side: int | tuple[int, int], interpolation: str,
             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         key = (image.key, shorter_side, interpolation)
         with self._lock:
@@ -70,7 +70,7 @@ class DecodedImages:
 default_cache = DecodedImages()
 
 
-def iter_decoded(images: Sequence[ImageRef], shorter_side: int, interpolation: str,
+def iter_decoded(images: Sequence[ImageRef], shorter_side: int | tuple[int, int], interpolation: str,
                  batch_size: int, cache: DecodedImages | None = None, workers: int = 2,
                  ) -> Iterator[tuple[list[int], list[np.ndarray], list[UnreadableImage]]]:
     """Yield batches of (positions, pixels, failures) in order, decoding the next batch meanwhile.

@@ -47,7 +47,7 @@ class UnreadableImage(Exception):
         return f"{self.source}: {self.reason}"
 
 
-def decode(source, shorter_side: int | None = None, interpolation: str = "bicubic",
+def decode(source, shorter_side: int | tuple[int, int] | None = None, interpolation: str = "bicubic",
            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return an (H, W, 3) uint8 C-contiguous array.
 
@@ -56,7 +56,8 @@ def decode(source, shorter_side: int | None = None, interpolation: str = "bicubi
     255, uint16 by 1/257, other integers clipped to [0,255]). Alpha is composited onto white
     and EXIF orientation is applied.
     shorter_side: if given, resize so the shorter side equals it exactly and the longer side is
-    int(long * shorter_side / short) (at least 1; truncated like torchvision), using `interpolation` in
+    int(long * shorter_side / short) (at least 1; truncated like torchvision); a (width, height)
+    pair resizes to exactly that size, whatever the aspect ratio. Resizing uses `interpolation` in
     {"bilinear","bicubic","nearest","lanczos","box","hamming"}. Small images are upscaled.
     Raises UnreadableImage for an image that cannot be read, including a file or PIL image with
     more than max_pixels pixels (refused from its header, before its pixels are decoded).
@@ -64,9 +65,11 @@ def decode(source, shorter_side: int | None = None, interpolation: str = "bicubi
     if interpolation not in _FILTERS:
         raise ValueError(
             f"unknown interpolation {interpolation!r}; choose one of {', '.join(_FILTERS)}")
-    if shorter_side is not None and (type(shorter_side) is not int or shorter_side < 1):
+    sides = shorter_side if isinstance(shorter_side, tuple) and len(shorter_side) == 2 else (shorter_side,)
+    if shorter_side is not None and any(type(v) is not int or v < 1 for v in sides):
         # type() rather than isinstance: True is an int, but shorter_side=True is a mistake
-        raise ValueError(f"shorter_side must be a positive integer or None, got {shorter_side!r}")
+        raise ValueError(f"shorter_side must be a positive integer, a (width, height) pair or None, "
+                         f"got {shorter_side!r}")
     resample = _FILTERS[interpolation]
 
     if isinstance(source, np.ndarray):
@@ -116,7 +119,7 @@ def _reason(exc: Exception, max_pixels: int) -> str:
     return f"corrupt file: {exc or type(exc).__name__}"
 
 
-def _check_size(name: str, size: tuple[int, int], max_pixels: int, shorter_side: int | None = None) -> None:
+def _check_size(name: str, size: tuple[int, int], max_pixels: int, shorter_side: int | tuple | None = None) -> None:
     # Pillow only warns between 1x and 2x its own limit; refusing here at the smaller limit turns
     # that into a refusal too, without touching warning filters (not thread-safe; decoding
     # runs in threads).
@@ -143,10 +146,11 @@ def _from_file(path: str, shorter_side, resample, max_pixels) -> np.ndarray:
         full_size = img.size
         box = None
         # MPO is how Pillow opens many camera JPEGs (extra preview frames); same decoder.
-        if shorter_side and img.format in ("JPEG", "MPO") and min(full_size) >= 2 * shorter_side:
+        target = _target_size(full_size, shorter_side) if shorter_side else None
+        if target and img.format in ("JPEG", "MPO") and all(f >= 2 * t for f, t in zip(full_size, target)):
             # libjpeg decodes at 1/2, 1/4 or 1/8 scale; Pillow picks the smallest scale whose
-            # result is still >= the requested size on both sides, i.e. shorter side >= target.
-            drafted = img.draft("RGB", (shorter_side, shorter_side))
+            # result is still >= the requested size on both sides.
+            drafted = img.draft("RGB", (shorter_side, shorter_side) if isinstance(shorter_side, int) else target)
             box = drafted[1] if drafted else None
         img.load()  # the full decode happens here, so truncation is detected here
         if box is not None and img.size != full_size:
@@ -223,9 +227,11 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
-def _target_size(size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
+def _target_size(size: tuple[int, int], shorter_side: int | tuple[int, int]) -> tuple[int, int]:
     # The long side is truncated, as torchvision's Resize does, so the pixels match timm's own
     # eval transform exactly.
+    if isinstance(shorter_side, tuple):
+        return shorter_side
     w, h = size
     if w <= h:
         return shorter_side, max(1, int(h * shorter_side / w))

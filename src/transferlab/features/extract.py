@@ -23,12 +23,17 @@ log = logging.getLogger("transferlab")
 FEATURE_FORMAT = 1  # bump when the way features are computed changes, so old caches are not reused
 
 
-def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess, views: int = 1) -> str:
+def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess, views: int = 1,
+                  pooling: str | None = None) -> str:
     """Identifies what a feature vector depends on besides the image itself."""
-    described = {"backbone": backbone, "weights": weights_identity, "format": FEATURE_FORMAT,
-                 "preprocess": preprocess.to_dict()}
+    pre = preprocess.to_dict()
+    if pre["resize"] == "crop":  # the keys of cropped features stay those of earlier versions
+        del pre["resize"]
+    described = {"backbone": backbone, "weights": weights_identity, "format": FEATURE_FORMAT, "preprocess": pre}
     if views != 1:  # a key of its own; single-view keys stay those of earlier versions
         described["views"] = views
+    if pooling:  # bilinear:<tapped layer>; average-pooled keys stay as they were
+        described["pooling"] = pooling
     text = json.dumps(described, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 

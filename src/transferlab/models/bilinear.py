@@ -100,3 +100,27 @@ class BilinearHead(nn.Module):
 
 def _reduce(channels: int, width: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+
+
+class BilinearFeatures(nn.Module):
+    """A frozen backbone cut at one tapped layer, giving each image's symmetric bilinear vector:
+    the upper triangle of the mean outer product of the tapped map (the lower one repeats it),
+    signed square root, L2 normalisation. As a backbone of the `features` strategy it is computed
+    once per image and cached; a linear classifier on it gets most of a fine-tuned bilinear CNN's
+    gain on fine-grained classes for the cost of one frozen pass."""
+
+    def __init__(self, tapped: nn.Module, channels: int, layer: str):
+        super().__init__()
+        self.tapped = tapped
+        self.channels = channels
+        rows, cols = torch.triu_indices(channels, channels)
+        # Flat positions in the C*C product: an index_select, which exports to ONNX as a Gather.
+        self.register_buffer("upper", rows * channels + cols, persistent=False)
+        self.num_features = len(self.upper)
+        self.pooling = f"bilinear:{layer}"  # what its cached features depend on besides the weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (m,) = self.tapped(x)
+        with torch.autocast(device_type=m.device.type, enabled=False):
+            z = bilinear_pool(m.float(), m.float()).index_select(1, self.upper)
+            return signed_sqrt_l2(z)

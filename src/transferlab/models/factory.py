@@ -14,13 +14,13 @@ from torch import nn
 
 from ..errors import TransferlabError
 from .backbones import create_backbone, feature_dim
-from .bilinear import BilinearHead
+from .bilinear import BilinearFeatures, BilinearHead
 from .ensemble import FeatureEnsemble
 from .heads import build_head, parse_branch_dropout
 from .network import Network
 from .preprocess import Preprocess
 from .stages import last_stages, stage_groups
-from .tapped import tap
+from .tapped import default_feature_layer, tap
 from .weights import WeightsInfo
 
 log = logging.getLogger("transferlab")
@@ -42,6 +42,8 @@ class ModelSpec:
     bilinear_reduce: int | None = None
     sketch_dim: int | None = None
     feature_views: int = 1           # features: 2 averages each image's features with its mirror's
+    pooling: str = "avg"             # features: avg, or bilinear (second-order pooling of `layer`)
+    resize: str = "crop"             # how images become the square input (specs saved before it cropped)
     seed: int = 0
 
     @property
@@ -81,11 +83,10 @@ def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
     weights = spec.weights if load_weights else "none"
     if len(spec.backbones) > 1 or spec.feature_views > 1:
         backbone, pre, info = _ensemble(spec, weights)
-        torch.manual_seed(spec.seed)
-        head = build_head(spec.head, backbone.num_features, spec.num_classes, spec.dropout) if spec.num_classes \
-            else nn.Identity()
-        return BuiltModel(Network(backbone, head, pre.mean, pre.std, pre.input_size), pre, info)
-    backbone, pre, info = create_backbone(spec.backbone, weights, spec.image_size, spec.seed)
+    else:
+        backbone, pre, info = create_backbone(spec.backbone, weights, spec.image_size, spec.seed)
+        backbone = _pooled(spec, backbone)
+    pre = replace(pre, resize=spec.resize)
     if spec.strategy == "reinit" and load_weights:
         reinit_last_stages(backbone, spec.backbone, spec.reinit, spec.seed)
     if spec.strategy == "bilinear":
@@ -100,6 +101,7 @@ def _ensemble(spec: ModelSpec, weights: str) -> tuple[FeatureEnsemble, Preproces
     """The members side by side, at one input: --image-size, else the largest native size of
     the members (the others run at it too), with that member's resize and crop."""
     built = [create_backbone(name, weights, spec.image_size, spec.seed) for name in spec.backbones]
+    built = [(_pooled(spec, member), pre, info) for member, pre, info in built]
 
     def native_size(member) -> int:
         return int((getattr(member[0], "pretrained_cfg", None) or {}).get("input_size", (0, 0, 0))[-1])
@@ -111,6 +113,15 @@ def _ensemble(spec: ModelSpec, weights: str) -> tuple[FeatureEnsemble, Preproces
     pre = replace(pre, mean=first.mean, std=first.std)  # the network normalises for the first member
     info = built[0][2] if len(built) == 1 else WeightsInfo.combined([b[2] for b in built])
     return ensemble, pre, info
+
+
+def _pooled(spec: ModelSpec, backbone: nn.Module) -> nn.Module:
+    """The backbone as the features strategy pools it: as it is, or cut at the tapped layer with
+    bilinear pooling."""
+    if spec.pooling != "bilinear":
+        return backbone
+    tapped = tap(backbone, None, spec.layer, default=default_feature_layer)
+    return BilinearFeatures(tapped, tapped.out_channels(), tapped.tap_names[0])
 
 
 def _bilinear_network(spec: ModelSpec, backbone: nn.Module, pre: Preprocess, load_weights: bool) -> Network:
