@@ -25,9 +25,12 @@ CONFIGS = {
     "features-lite0+2": {"backbone": f"{LITES[0]},{LITES[2]}"},
     "features-lite0+1+2": {"backbone": ",".join(LITES)},
     "features-lite0+1+2-mirror": {"backbone": ",".join(LITES), "feature_views": 2},
+    "features-squash": {"resize": "squash"},
+    "features-bilinear-pooling": {"pooling": "bilinear", "resize": "squash"},
     "frozen": {"strategy": "frozen"},
     "finetune": {"strategy": "finetune"},
     "bilinear": {"strategy": "bilinear"},
+    "auto": {"strategy": "auto"},  # its default budget
 }
 QUICK = ["features", "features-lite2", "features-lite0+2", "features-lite0+1+2", "features-lite0+1+2-mirror"]
 
@@ -43,7 +46,7 @@ def main() -> None:
         for name, options in CONFIGS.items():
             print(f"{name:28s} {options}")
         return
-    print(f"{'data':14s} {'configuration':28s} {'test acc':>8s} {'wall s':>7s}")
+    print(f"{'data':14s} {'configuration':28s} {'test acc':>8s} {'wall s':>7s}  auto chose")
     for data in map(Path, args.data):
         for name in args.configs:
             with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +54,8 @@ def main() -> None:
                 run = transferlab.train(data, out=f"{tmp}/runs", cache_dir=f"{tmp}/cache", progress=False,
                                         **CONFIGS[name])
                 wall = time.perf_counter() - start
-            print(f"{data.name:14s} {name:28s} {run.score:8.4f} {wall:7.1f}", flush=True)
+            chose = run.metrics["fit"].get("auto", {}).get("chosen", "")
+            print(f"{data.name:14s} {name:28s} {run.score:8.4f} {wall:7.1f}  {chose}", flush=True)
 
 
 if __name__ == "__main__":
