@@ -30,6 +30,8 @@ CONFIGS = {
     "frozen": {"strategy": "frozen"},
     "finetune": {"strategy": "finetune"},
     "bilinear": {"strategy": "bilinear"},
+    "reinit": {"strategy": "reinit"},
+    "scratch": {"strategy": "scratch"},
     "auto": {"strategy": "auto"},  # its default budget
 }
 QUICK = ["features", "features-lite2", "features-lite0+2", "features-lite0+1+2", "features-lite0+1+2-mirror"]
