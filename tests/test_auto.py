@@ -3,7 +3,9 @@ alone, one run written for the winner, every candidate reported."""
 
 import csv
 import random
+import time
 
+import numpy as np
 import pytest
 
 import transferlab
@@ -11,14 +13,14 @@ import transferlab
 OPTIONS = dict(strategy="auto", image_size=64, progress=False)
 
 
-def _csv(hymenoptera, path, poison_test: bool = False):
-    """A path,label,split CSV of hymenoptera photos: 12 train, 6 val, 6 test per class; with
-    `poison_test` every test label is the other class."""
+def _csv(hymenoptera, path, poison_test: bool = False, val: bool = True):
+    """A path,label,split CSV of hymenoptera photos: 12 train, 6 val, 6 test per class (without
+    `val`, 18 train); with `poison_test` every test label is the other class."""
     rows = []
     for cls, other in (("ants", "bees"), ("bees", "ants")):
         files = sorted((hymenoptera / "train" / cls).glob("*.jpg"))[:18] + sorted((hymenoptera / "val" / cls).glob("*.jpg"))[:6]
         for k, f in enumerate(files):
-            split = "train" if k < 12 else "val" if k < 18 else "test"
+            split = "train" if k < (12 if val else 18) else "val" if k < 18 else "test"
             rows.append((str(f), other if poison_test and split == "test" else cls, split))
     random.Random(0).shuffle(rows)
     with open(path, "w", newline="") as fh:
@@ -67,6 +69,22 @@ def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_
     assert poisoned.metrics["test"]["accuracy"] == pytest.approx(1 - auto_run.metrics["test"]["accuracy"])
 
 
+def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymenoptera, tmp_path):
+    """auto holds back part of train to choose; the features winner is then the very run
+    `--strategy features` gives on the whole train split."""
+    data = _csv(hymenoptera, tmp_path / "data.csv", val=False)
+    one = dict(OPTIONS, backbone="tf_efficientnet_lite0")
+    run = transferlab.train(data, out=tmp_path / "runs", budget=0.01, **one)
+    auto = run.metrics["fit"]["auto"]
+    assert auto["chosen"] == "features tf_efficientnet_lite0" and auto["refit"]["images"] == 36
+    assert "val" not in run.metrics["splits"]  # held back by auto, then trained on
+    plain = transferlab.train(data, out=tmp_path / "runs", val_fraction=0, **dict(one, strategy="features"))
+    images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:4]
+    assert run.classifier.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
+    assert run.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
+    assert "refitted on all 36 training images" in (run.path / "report.html").read_text()
+
+
 def test_the_budget_is_honoured_within_one_candidates_time(hymenoptera, tmp_path):
     """With under a second, the first candidate runs (something must win) and the ones that cannot
     fit are skipped, with the reason."""
@@ -84,3 +102,43 @@ def test_a_mistake_in_the_options_fails_in_one_line_and_writes_no_run(hymenopter
                           **OPTIONS)
     assert "unknown backbone 'resnt50'" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+class _Fake:
+    """A candidate that fits at once and scores what `scores` says of its options."""
+
+    def __init__(self, options, scores):
+        self.options, self.scores = options, scores
+
+    def fit(self, train, val=None, callbacks=()):
+        return self
+
+
+def _order(labels, scores):
+    """The candidates choose() runs on these training labels, with fakes scored by `scores`."""
+    from types import SimpleNamespace
+
+    from transferlab.selection import auto
+
+    train = SimpleNamespace(labels=np.asarray(labels))
+    _, candidates, _ = auto.choose(lambda options: _Fake(options, scores), train, None, "tf_efficientnet_lite0",
+                                   time.perf_counter() + 3600, lambda model, val: (model.scores(model.options), 0.5))
+    return {c.name: c for c in candidates}
+
+
+def _bilinear_wins(options):
+    return 0.9 if options.get("pooling") == "bilinear" else 0.6
+
+
+def test_fine_grained_classes_get_bilinear_pooling_at_twice_the_size_when_it_won_at_the_native_one():
+    many = np.repeat(np.arange(12), 20)  # 12 classes of 20 images: fine-grained
+    found = _order(many, _bilinear_wins)
+    sharper = found["features tf_efficientnet_lite0 bilinear pooling 448 px"]
+    assert sharper.options == {"strategy": "features", "backbone": "tf_efficientnet_lite0", "pooling": "bilinear",
+                               "image_size": 448, "layer": "blocks.6"}
+    assert sharper.status == "ok" and list(found).index(sharper.name) < list(found).index("finetune tf_efficientnet_lite0")
+    assert "bilinear" in found  # the trained bilinear network too
+    few = _order(np.repeat(np.arange(2), 100), _bilinear_wins)  # two classes: not fine-grained
+    assert not any(name.endswith(" px") for name in few) and "bilinear" not in few
+    lost = _order(many, lambda options: 0.5 if options.get("pooling") == "bilinear" else 0.6)
+    assert not any(name.endswith(" px") for name in lost)

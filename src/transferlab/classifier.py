@@ -97,6 +97,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                   started: float) -> None:
         """Fit the candidates of `--strategy auto` cheapest first within the budget, keep the one
         with the best validation score, and become it (its strategy, network and options)."""
+        whole = train
         if val is None:  # choices need a validation split: held back from train, per class
             train, val = hold_back(train, cfg.seed)
         budget = next((c for c in callbacks if isinstance(c, Budget)), None)
@@ -109,13 +110,23 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
 
         winner, candidates, why = choose(make, train, val, self.backbone, deadline, _val_scores, others,
                                          lambda minutes: Budget(minutes))
+        chosen = next(c for c in candidates if c.model is winner)
+        refit = None
+        if whole is not train and chosen.options["strategy"] == "features":
+            # The held-back images served the choice; a features winner is refitted on all of
+            # train from its cached features (C by cross-validation), exactly the run the user
+            # would get by asking for it. A trained winner already held back the same images
+            # for its early stopping, so it is kept as fitted.
+            refit_start = time.perf_counter()
+            winner = make(chosen.options).fit(whole, callbacks=others)
+            refit = {"images": len(whole), "seconds": round(time.perf_counter() - refit_start, 1)}
+            log.info(f"auto: refitted {chosen.name} on all {len(whole)} training images ({refit['seconds']:.0f} s)")
         for name in ("classes_", "network_", "preprocess_", "weights_", "spec_", "config_", "history_", "skipped_",
                      "feature_counts_"):
             if hasattr(winner, name):
                 setattr(self, name, getattr(winner, name))
-        chosen = next(c for c in candidates if c.model is winner)
         self.fit_info_ = {**winner.fit_info_, "auto": {
-            "chosen": chosen.name, "why": why, "budget_minutes": cfg.budget,
+            "chosen": chosen.name, "why": why, "refit": refit, "budget_minutes": cfg.budget,
             "seconds": round(time.perf_counter() - started, 1), "candidates": [c.row() for c in candidates]}}
         log.info(f"auto chose {chosen.name}: {why}")
 
@@ -181,19 +192,20 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
 
     # -- prediction --------------------------------------------------------------------------
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, one row per image; unreadable images are an error naming them."""
+    def predict_proba(self, X, tta: bool = False) -> np.ndarray:
+        """Class probabilities, one row per image; unreadable images are an error naming them.
+        `tta`: the mean over each image's test-time views (centre and corner crops, mirrored)."""
         self._check_fitted()
-        proba, ok, failures = self.predict_proba_readable(unlabelled_set(X, self.class_names()).images)
+        proba, ok, failures = self.predict_proba_readable(unlabelled_set(X, self.class_names()).images, tta)
         if failures:
             raise TransferlabError(f"cannot read {len(failures)} image(s): {failures[0]}"
                                    + (f" and {len(failures) - 1} more" if len(failures) > 1 else ""))
         return proba
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X, tta: bool = False) -> np.ndarray:
         """The most probable class for each image (as `classes_` holds them)."""
         self._check_fitted()
-        return np.asarray(self.classes_)[self.predict_proba(X).argmax(1)]
+        return np.asarray(self.classes_)[self.predict_proba(X, tta).argmax(1)]
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on the readable images; `y` as class names or indices (optional for an
@@ -208,18 +220,19 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         weights = None if sample_weight is None else np.asarray(sample_weight)[ok]
         return float(np.average(proba.argmax(1) == labels[ok], weights=weights))
 
-    def predict_proba_readable(self, images: list[ImageRef]) -> tuple[np.ndarray, np.ndarray, list]:
+    def predict_proba_readable(self, images: list[ImageRef], tta: bool = False
+                               ) -> tuple[np.ndarray, np.ndarray, list]:
         """(probabilities of the readable images, mask of readable images, the failures)."""
         self._check_fitted()
         cfg = self.config_
-        if cfg.strategy == "features" and cfg.feature_cache:
+        if cfg.strategy == "features" and cfg.feature_cache and not tta:
             # The backbone is the untouched pretrained one: its cached features are valid.
             ex = self._features(images, "features")
             with torch.inference_mode():
                 logits = self.network_.head(torch.from_numpy(ex.features))
             return torch.softmax(logits, 1).numpy(), ex.ok, ex.failures
         proba, ok, failures = predict_pixels(self.network_, images, self.preprocess_, cfg.batch_size,
-                                             resolve_device(cfg.device), self.progress)
+                                             resolve_device(cfg.device), self.progress, tta)
         self.network_.to("cpu")
         return proba, ok, failures
 

@@ -124,7 +124,8 @@ class FitOptions:
 @dataclass(kw_only=True)
 class RunConfig(FitOptions):
     data: str = opt("digits", "folder, .csv, CIFAR archive or 'digits'", "data")
-    val_fraction: float = opt(0.15, "share for validation when the data has no val split", "data")
+    val_fraction: float = opt(0.15, "share for validation when the data has no val split (auto holds back its "
+                                    "own 0.15 of each class and refits on all of train)", "data")
     test_fraction: float = opt(0.15, "share held out for the score when the data has no test or val split", "data")
     classes: str = opt("", "keep only these classes, comma-separated", "data")
     dedupe: bool = opt(False, "drop val/test images that are exact copies of images in an earlier split "
@@ -133,6 +134,9 @@ class RunConfig(FitOptions):
     out: str = opt("runs", "folder for run directories", "output")
     name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
     tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
+    tta: bool = opt(False, "score val and test with test-time augmentation: each image's probabilities "
+                           "averaged over its centre and corner crops, mirrored (about 10x the scoring time)",
+                    "output")
 
     def validate(self, check_files: bool = True) -> "RunConfig":
         """Every option checked; `check_files`: also that weights files exist (not when reading

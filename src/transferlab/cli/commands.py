@@ -72,6 +72,8 @@ def train(args: argparse.Namespace, progress: bool) -> None:
              arg("run", help=RUN), arg("data", help="folder, .csv or demo set with the run's class names"),
              arg("--split", choices=("train", "val", "test"),
                  help="which split of DATA (default: its held-out split, or all of it)"),
+             arg("--tta", action="store_true", help="average each image's ten views (centre and corner crops, "
+                                                    "mirrored)"),
              arg("--json", help="also write the metrics to this JSON file"), FORCE])
 def evaluate(args: argparse.Namespace, progress: bool) -> None:
     from ..api import evaluate as run_evaluate
@@ -80,7 +82,7 @@ def evaluate(args: argparse.Namespace, progress: bool) -> None:
 
     if args.json:
         claim_output(args.json, args.force)
-    metrics = run_evaluate(args.run, args.data, args.split, progress=progress)
+    metrics = run_evaluate(args.run, args.data, args.split, progress=progress, tta=args.tta)
     if args.json:
         write_json(Path(args.json), metrics, overwrite=args.force)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
 from ..common.progress import progress_bar
 from ..data.cache import iter_decoded
-from ..data.decode import UnreadableImage
+from ..data.decode import UnreadableImage, decode
 from ..data.types import ImageRef
 from ..models.network import Network, to_batch
 from ..models.preprocess import Preprocess
@@ -15,9 +18,29 @@ from ..models.preprocess import Preprocess
 def ten_views(pixels: np.ndarray, size: int) -> list[np.ndarray]:
     """Test-time augmentation: the centre and four corner crops, each also mirrored."""
     h, w = pixels.shape[:2]
-    corners = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    centre = (round((h - size) / 2), round((w - size) / 2))  # Preprocess.center_crop's, the eval view
+    corners = [centre, (0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
     crops = [pixels[t:t + size, x:x + size] for t, x in corners]
     return crops + [c[:, ::-1] for c in crops]
+
+
+def tta_decode_size(pre: Preprocess) -> int | tuple[int, int]:
+    """What test-time augmentation decodes to: a crop run's own resize; a squash run's square
+    enlarged by 1 / crop_pct, so its corner crops differ from its centre."""
+    if pre.resize == "squash":
+        side = max(pre.input_size, math.floor(pre.input_size / pre.crop_pct))
+        return side, side
+    return pre.resize_size
+
+
+def tta_views(pixels: np.ndarray, pre: Preprocess) -> list[np.ndarray]:
+    """The views averaged by `--tta`: a crop run's ten views (its eval view first); a squash run's
+    whole image and its mirror, then the ten views of its enlarged square."""
+    views = ten_views(pixels, pre.input_size)
+    if pre.resize == "squash":
+        whole = decode(pixels, (pre.input_size, pre.input_size), pre.interpolation)
+        views = [whole, whole[:, ::-1], *views]
+    return views
 
 
 def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, batch_size: int = 32,
@@ -25,18 +48,19 @@ def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, ba
                    ) -> tuple[np.ndarray, np.ndarray, list[UnreadableImage]]:
     """(softmax probabilities of the readable images, mask of readable images, failures).
 
-    With `tta`, each image's probabilities are the mean over ten views (ten_views)."""
+    With `tta`, each image's probabilities are the mean over its views (tta_views)."""
     network.eval().to(device).to(memory_format=torch.channels_last)
     ok = np.zeros(len(images), dtype=bool)
     failures: list[UnreadableImage] = []
     rows: list[np.ndarray] = []
     bar = progress_bar(total=len(images), desc="predict", enabled=progress)
     with torch.inference_mode():
-        for positions, pixels, failed in iter_decoded(images, pre.resize_size, pre.interpolation, batch_size):
+        size = tta_decode_size(pre) if tta else pre.resize_size
+        for positions, pixels, failed in iter_decoded(images, size, pre.interpolation, batch_size):
             failures += failed
             if pixels and tta:
                 for p in pixels:
-                    x = to_batch(ten_views(p, pre.input_size)).to(device)
+                    x = to_batch(tta_views(p, pre)).to(device)
                     rows.append(torch.softmax(network(x).float(), 1).mean(0, keepdim=True).cpu().numpy())
                 ok[positions] = True
             elif pixels:

@@ -203,7 +203,7 @@ def _auto_section(metrics: dict) -> dict | None:
     rows = [[c["candidate"], c["status"], *(_fmt(c.get(k)) for k in ("val_accuracy", "val_log_loss", "seconds",
                                                                       "estimated_seconds"))]
             for c in auto["candidates"]]
-    return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows}
+    return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows, "refit": auto.get("refit")}
 
 
 def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[dict],
@@ -227,7 +227,8 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
         "run.html.j2", title=f"{run_dir.name} — transferlab run report", name=run_dir.name,
         strategy=config.get("strategy") or metrics.get("strategy") or "?",
         backbone=config.get("backbone") or "default backbone",
-        score=f"{split} accuracy {metrics[split]['accuracy']:.4f}" if split else "no held-out score",
+        score=(f"{split} accuracy {metrics[split]['accuracy']:.4f}" + (" (test-time augmented)" if metrics.get("tta")
+                                                                      else "")) if split else "no held-out score",
         split=split, split_rows=_split_rows(metrics), fit=fit, auto=_auto_section(metrics),
         skipped=metrics.get("skipped") or [],
         epochs=len(history), curves=data_uri(curves.read_bytes()) if history and curves.is_file() else None,

@@ -32,6 +32,10 @@ FINETUNE_OVER_FEATURES = 4.0
 # Bilinear pooling of a frozen tap: the same pass, then logistic regression on ~18k features
 # instead of 1,280 (cars43: about 2x the features run with a validation split).
 BILINEAR_POOLING_OVER_FEATURES = 2.5
+# Fine-grained classes are told apart by small parts: bilinear pooling of the last block stage at
+# twice the native size scored 0.912 against 0.899 at 224 px on cars43 (Lite0, squash), for about
+# four times the backbone pass.
+HIGHER_RESOLUTION = 2
 
 
 @dataclass
@@ -119,11 +123,21 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         run(squash)
         candidates.append(squash)
         look = squash if squash.status == "ok" and _rank(squash) > _rank(best) else best
-        later = [Candidate(f"{look.name} bilinear pooling", {**look.options, "pooling": "bilinear"},
-                           unit * _cost(name) * BILINEAR_POOLING_OVER_FEATURES),
-                 Candidate(f"finetune {name}", {"strategy": "finetune", "backbone": name},
+        pooling = Candidate(f"{look.name} bilinear pooling", {**look.options, "pooling": "bilinear"},
+                            unit * _cost(name) * BILINEAR_POOLING_OVER_FEATURES)
+        run(pooling)
+        candidates.append(pooling)
+        detail = fine_grained(train.labels)
+        if detail and pooling.status == "ok" and _rank(pooling) > _rank(look):
+            size = HIGHER_RESOLUTION * NATIVE.get(name, 224)
+            sharper = Candidate(f"{pooling.name} {size} px",
+                                {**pooling.options, "image_size": size, "layer": last_block_stage(name)},
+                                unit * _cost(name) * (HIGHER_RESOLUTION ** 2 + BILINEAR_POOLING_OVER_FEATURES - 1))
+            run(sharper)
+            candidates.append(sharper)
+        later = [Candidate(f"finetune {name}", {"strategy": "finetune", "backbone": name},
                            unit * _cost(name) * FINETUNE_OVER_FEATURES)]
-        if fine_grained(train.labels):
+        if detail:
             later.append(Candidate("bilinear", {"strategy": "bilinear"}, unit * FINETUNE_OVER_FEATURES))
         for candidate in later:
             left = deadline - time.perf_counter()
@@ -143,6 +157,12 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         why = (f"validation accuracy tied with {runner_up.name} ({winner.val_accuracy:.4f}); lower validation "
                f"log loss ({winner.val_log_loss:.4f} against {runner_up.val_log_loss:.4f})")
     return winner.model, candidates, why
+
+
+def last_block_stage(backbone: str) -> str | None:
+    """The tap for bilinear pooling at the higher resolution: the Lite zoo's last block stage
+    (320 channels; the stage before it scored lower at 448 px on cars43), else the default."""
+    return "blocks.6" if backbone in OFFLINE_ZOO else None
 
 
 def _cost(backbone: str) -> float:

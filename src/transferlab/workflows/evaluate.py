@@ -15,8 +15,10 @@ from ..inference.metrics import compute_metrics, format_metrics
 log = logging.getLogger("transferlab")
 
 
-def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True) -> dict:
+def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True,
+             tta: bool = False) -> dict:
     """Score a saved run on other labelled data; the data's class names must be the run's.
+    `tta`: each image's probabilities averaged over its test-time views.
 
     Data without splits is scored whole. Data with split folders is scored on its held-out part
     (test/, or val/ when there is no test/), or on `split` when given.
@@ -34,14 +36,14 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, progre
                                    f"(it has {', '.join(sorted(given)) or 'none'})")
         images = images.subset(np.flatnonzero(np.array(source.splits, dtype=object) == split))
     images = align_classes(images, clf.class_names(), f"data '{data}'", some=True)
-    proba, ok, failures = clf.predict_proba_readable(images.images)
+    proba, ok, failures = clf.predict_proba_readable(images.images, tta)
     if not ok.any():
         raise TransferlabError(f"none of the images in '{data}' could be read: {failures[0]}")
     metrics = compute_metrics(images.labels[ok], proba, clf.class_names())
     metrics["skipped"] = [str(f) for f in failures]
-    metrics["data"], metrics["split"] = str(data), split or "all"
+    metrics["data"], metrics["split"], metrics["tta"] = str(data), split or "all", tta
     if failures:
         log.warning(f"skipped {len(failures)} unreadable image(s): {failures[0]}"
                     + (f" and {len(failures) - 1} more" if len(failures) > 1 else ""))
-    log.info(format_metrics(metrics, f"{Path(data).name} ({split or 'all'})"))
+    log.info(format_metrics(metrics, f"{Path(data).name} ({split or 'all'}{', tta' if tta else ''})"))
     return metrics

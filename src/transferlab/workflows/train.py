@@ -130,7 +130,10 @@ def _splits(config: RunConfig) -> tuple:
     if source.loose:
         log.warning(f"ignored {len(source.loose)} image(s) lying beside the class folders, e.g. "
                     f"{source.loose[0]}: move each into the folder of its class")
-    splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
+    # auto holds back its own validation images from train to choose, then refits a features
+    # winner on all of train: carving val here as well would keep those images from the winner.
+    val_fraction = 0.0 if config.strategy == "auto" else config.val_fraction
+    splits = split_source(source, val_fraction, config.test_fraction, config.seed)
     splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
     return source, splits, audit_info
@@ -160,7 +163,7 @@ def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
 
 def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
                    started: float) -> dict:
-    metrics, held_out = score_splits(clf, splits)
+    metrics, held_out = score_splits(clf, splits, config.tta)
     metrics["audit"] = audit_info
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     clf.write_model_files(path)
@@ -183,10 +186,11 @@ def _report(metrics: dict, splits: Splits, path: Path) -> None:
     log.info(f"run saved to {path} ({metrics['seconds']:.1f} s)")
 
 
-def score_splits(clf: ImageClassifier, splits: Splits) -> tuple[dict, tuple]:
-    """Metrics on val and test, and on train where that is cheap (cached features); and the
-    score split's (readable images, labels, probabilities) for the report's gallery."""
-    metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "splits": {},
+def score_splits(clf: ImageClassifier, splits: Splits, tta: bool = False) -> tuple[dict, tuple]:
+    """Metrics on val and test (with `tta`, test-time augmented), and on train where that is
+    cheap (cached features); and the score split's (readable images, labels, probabilities) for
+    the report's gallery."""
+    metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "tta": tta, "splits": {},
                "fit": dict(clf.fit_info_)}
     skipped = list(clf.skipped_)
     names = clf.class_names()
@@ -195,7 +199,7 @@ def score_splits(clf: ImageClassifier, splits: Splits) -> tuple[dict, tuple]:
         if name == "train" and clf.config_.strategy != "features":
             metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
             continue
-        proba, ok, failures = clf.predict_proba_readable(part.images)
+        proba, ok, failures = clf.predict_proba_readable(part.images, tta and name != "train")
         if name == "test":
             skipped += [str(f) for f in failures]
         metrics["splits"][name] = {"images": len(part), "readable": int(ok.sum()),
