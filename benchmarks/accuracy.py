@@ -62,6 +62,9 @@ def main() -> None:
                 wall = time.perf_counter() - start
             chose = run.metrics["fit"].get("auto", {}).get("chosen", "")
             print(f"{data.name:14s} {name:28s} {run.score:8.4f} {wall:7.1f}  {chose}", flush=True)
+            for row in run.metrics["fit"].get("auto", {}).get("candidates", []):
+                print(f"{'':14s}   {row['candidate']:60s} val {row['val_accuracy'] or float('nan'):.4f} "
+                      f"{row['seconds'] or 0:6.1f} s  {row['status']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -76,9 +76,10 @@ def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymen
     one = dict(OPTIONS, backbone="tf_efficientnet_lite0")
     run = transferlab.train(data, out=tmp_path / "runs", budget=0.01, **one)
     auto = run.metrics["fit"]["auto"]
-    assert auto["chosen"] == "features tf_efficientnet_lite0" and auto["refit"]["images"] == 36
+    chosen = next(r for r in auto["candidates"] if r["candidate"] == auto["chosen"])
+    assert chosen["options"]["strategy"] == "features" and auto["refit"]["images"] == 36
     assert "val" not in run.metrics["splits"]  # held back by auto, then trained on
-    plain = transferlab.train(data, out=tmp_path / "runs", val_fraction=0, **dict(one, strategy="features"))
+    plain = transferlab.train(data, out=tmp_path / "runs", val_fraction=0, **{**one, **chosen["options"]})
     images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:4]
     assert run.classifier.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
     assert run.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
