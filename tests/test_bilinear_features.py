@@ -81,7 +81,7 @@ def test_the_bilinear_vector_is_the_normalised_upper_triangle_of_the_mean_outer_
 
 @pytest.fixture(scope="module")
 def bilinear_run(small_set, tmp_path_factory):
-    return transferlab.train(small_set, pooling="bilinear", resize="squash", image_size=96, out=tmp_path_factory.mktemp("runs"),
+    return transferlab.train(small_set, strategy="features", pooling="bilinear", resize="squash", image_size=96, out=tmp_path_factory.mktemp("runs"),
                              name="bilinear-features", progress=False)
 
 

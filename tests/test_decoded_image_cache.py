@@ -65,7 +65,7 @@ def test_fitting_twice_in_one_process_decodes_each_image_once(tmp_path, monkeypa
         for i in range(6):
             Image.fromarray(np.full((30, 30, 3), value + i, np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
     images = load_source(tmp_path / "data").images
-    options = dict(backbone="mobilenetv2_050", weights="none", image_size=32, feature_cache=False,
+    options = dict(strategy="features", backbone="mobilenetv2_050", weights="none", image_size=32, feature_cache=False,
                    progress=False)
     ImageClassifier(**options).fit(images)
     assert cache_module.default_cache.decodes == 12

@@ -61,7 +61,7 @@ def test_get_params_and_set_params_round_trip():
 
 def test_clone_gives_an_unfitted_estimator_with_equal_parameters(ant_bee_paths):
     paths, labels = ant_bee_paths
-    clf = ImageClassifier(image_size=64, progress=False).fit(paths[::3], labels[::3])
+    clf = ImageClassifier(strategy="features", image_size=64, progress=False).fit(paths[::3], labels[::3])
     assert clf.classes_ == ["ants", "bees"]
     twin = clone(clf)
     assert type(twin) is ImageClassifier and twin is not clf
@@ -73,14 +73,14 @@ def test_clone_gives_an_unfitted_estimator_with_equal_parameters(ant_bee_paths):
 
 def test_cross_val_score_on_image_paths(ant_bee_paths):
     paths, labels = ant_bee_paths
-    scores = cross_val_score(ImageClassifier(image_size=64, progress=False), paths, labels, cv=3)
+    scores = cross_val_score(ImageClassifier(strategy="features", image_size=64, progress=False), paths, labels, cv=3)
     assert len(scores) == 3 and all(0.6 <= s <= 1.0 for s in scores), scores
 
 
 def test_integer_labels_come_back_as_integers(ant_bee_paths):
     paths, labels = ant_bee_paths
     y = np.array([0 if label == "ants" else 1 for label in labels])
-    clf = ImageClassifier(image_size=64, progress=False).fit(paths[::2], y[::2])
+    clf = ImageClassifier(strategy="features", image_size=64, progress=False).fit(paths[::2], y[::2])
     assert clf.classes_ == [0, 1]
     predicted = clf.predict(paths[1::2])
     assert predicted.dtype.kind == "i" and set(predicted.tolist()) <= {0, 1}

@@ -18,7 +18,7 @@ PAIR = "tf_efficientnet_lite0,tf_efficientnet_lite1"
 
 @pytest.fixture(scope="module")
 def ensemble_run(small_set, tmp_path_factory):
-    return transferlab.train(small_set, backbone=PAIR, image_size=96, out=tmp_path_factory.mktemp("runs"),
+    return transferlab.train(small_set, strategy="features", backbone=PAIR, image_size=96, out=tmp_path_factory.mktemp("runs"),
                              name="pair", progress=False)
 
 
@@ -32,7 +32,7 @@ def test_an_ensemble_concatenates_its_members_features(ensemble_run):
 
 def test_each_member_is_cached_on_its_own(small_set, ensemble_run, tmp_path):
     """A single run of a member at the same preprocessing computes nothing."""
-    single = transferlab.train(small_set, backbone="tf_efficientnet_lite1", image_size=96, out=tmp_path,
+    single = transferlab.train(small_set, strategy="features", backbone="tf_efficientnet_lite1", image_size=96, out=tmp_path,
                                progress=False)
     assert single.metrics["features"] == {"computed": 0, "cached": 16}
 
@@ -47,7 +47,7 @@ def test_grad_cam_explains_an_ensemble_in_its_first_member(ensemble_run, small_s
 
 
 def test_mirror_averaged_features_give_the_same_answer_for_a_mirrored_image(small_set, tmp_path):
-    run = transferlab.train(small_set, feature_views=2, image_size=112, resize="crop", out=tmp_path, progress=False)
+    run = transferlab.train(small_set, strategy="features", feature_views=2, image_size=112, resize="crop", out=tmp_path, progress=False)
     source = sorted(small_set.glob("bees/*.jpg"))[0]
     mirrored = tmp_path / "mirrored.png"
     pre = run.classifier.preprocess_
@@ -71,6 +71,6 @@ def test_mirror_averaged_features_give_the_same_answer_for_a_mirrored_image(smal
 ])
 def test_options_an_ensemble_cannot_take_fail_in_one_line(small_set, tmp_path, options, option):
     with pytest.raises(TransferlabError) as err:
-        transferlab.train(small_set, out=tmp_path, progress=False, **options)
+        transferlab.train(small_set, out=tmp_path, progress=False, **{"strategy": "features", **options})
     assert str(err.value).startswith(option) and "\n" not in str(err.value)
     assert not any(tmp_path.iterdir())

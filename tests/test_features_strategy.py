@@ -23,7 +23,7 @@ def _small_copy(hymenoptera, dest, per_class):
 
 @pytest.fixture(scope="module")
 def hymenoptera_run(hymenoptera, tmp_path_factory):
-    return transferlab.train(hymenoptera, out=tmp_path_factory.mktemp("runs"), name="hym", progress=False)
+    return transferlab.train(hymenoptera, strategy="features", out=tmp_path_factory.mktemp("runs"), name="hym", progress=False)
 
 
 def test_logistic_regression_on_features_reaches_the_published_accuracy(hymenoptera_run):
@@ -41,7 +41,7 @@ def test_a_second_run_on_the_same_data_does_not_run_the_backbone(hymenoptera, hy
         raise AssertionError("the backbone ran although every feature was cached")
 
     monkeypatch.setattr("timm.models.efficientnet.EfficientNet.forward", refuse)
-    again = transferlab.train(hymenoptera, out=tmp_path, name="again", progress=False)
+    again = transferlab.train(hymenoptera, strategy="features", out=tmp_path, name="again", progress=False)
     assert again.metrics["features"] == {"computed": 0, "cached": 245}
     assert again.metrics["test"]["accuracy"] == hymenoptera_run.metrics["test"]["accuracy"]
     assert again.metrics["test"]["log_loss"] == pytest.approx(hymenoptera_run.metrics["test"]["log_loss"])
@@ -50,7 +50,7 @@ def test_a_second_run_on_the_same_data_does_not_run_the_backbone(hymenoptera, hy
 def test_the_feature_cache_notices_a_changed_file(hymenoptera, tmp_path):
     """Files are known by path, size and modification time: an edited image is recomputed."""
     data = _small_copy(hymenoptera, tmp_path / "data", 6)
-    options = dict(out=tmp_path / "runs", image_size=96, progress=False, val_fraction=0.2, test_fraction=0.2)
+    options = dict(strategy="features", out=tmp_path / "runs", image_size=96, progress=False, val_fraction=0.2, test_fraction=0.2)
     first = transferlab.train(data, **options)
     assert first.metrics["features"]["computed"] == 12 - 2
     edited = sorted((data / "ants").glob("*.jpg"))[0]
@@ -62,7 +62,7 @@ def test_the_feature_cache_notices_a_changed_file(hymenoptera, tmp_path):
 
 
 def test_an_mlp_head_trains_on_features_with_early_stopping(hymenoptera, tmp_path):
-    run = transferlab.train(hymenoptera, out=tmp_path, name="mlp", head="mlp:256", dropout=0.3,
+    run = transferlab.train(hymenoptera, strategy="features", out=tmp_path, name="mlp", head="mlp:256", dropout=0.3,
                             epochs=60, patience=8, progress=False)
     assert run.metrics["test"]["accuracy"] >= 0.9
     with open(run.path / "history.csv") as fh:
@@ -78,7 +78,7 @@ def test_unreadable_files_are_skipped_and_reported_once_by_name(hymenoptera, tmp
     broken.write_bytes(next((hymenoptera / "train" / "ants").glob("*.jpg")).read_bytes()[:2000])
     (data / "bees" / "notes.txt").write_text("not an image")
     (data / "bees" / "fake.jpg").write_text("not an image either")
-    run = transferlab.train(data, out=tmp_path / "runs", image_size=96, progress=False,
+    run = transferlab.train(data, strategy="features", out=tmp_path / "runs", image_size=96, progress=False,
                             val_fraction=0.25, test_fraction=0.25)
     skipped = run.metrics["skipped"]
     assert sorted(s.split(": ")[0] for s in skipped) == sorted([str(broken), str(data / "bees" / "fake.jpg")])
@@ -89,7 +89,7 @@ def test_unreadable_files_are_skipped_and_reported_once_by_name(hymenoptera, tmp
 
 def test_the_api_has_scikit_learns_shape(hymenoptera, tmp_path):
     splits = split_source(load_source(hymenoptera), seed=0)
-    clf = ImageClassifier(image_size=128, progress=False)
+    clf = ImageClassifier(strategy="features", image_size=128, progress=False)
     assert clf.fit(splits.train, val=splits.val) is clf
     assert clf.classes_ == ["ants", "bees"]
     paths = [im.source for im in splits.test.images[:10]]

@@ -21,7 +21,7 @@ import transferlab
 from transferlab.cli import main
 from transferlab.data.decode import UnreadableImage, decode
 
-FAST = ["--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
+FAST = ["--strategy", "features", "--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
 FINETUNE = [*FAST, "--strategy", "finetune", "--head-epochs", "2", "--epochs", "2", "--batch-size", "8"]
 
 
@@ -217,7 +217,7 @@ def test_a_thin_strip_is_refused_by_the_size_it_would_have_after_resizing(tmp_pa
     folder = shutil.copytree(data, tmp_path / "with-strip")
     # At 32 px (a 36 px shorter side before the crop) it takes a longer strip to pass the limit.
     Image.fromarray(np.zeros((1, 200000, 3), np.uint8)).save(folder / "red" / "strip.png")
-    run = transferlab.train(folder, out=tmp_path / "runs", name="r", backbone="mobilenetv2_050", weights="none",
+    run = transferlab.train(folder, out=tmp_path / "runs", name="r", strategy="features", backbone="mobilenetv2_050", weights="none",
                             image_size=32, progress=False)
     assert any("strip.png" in s and "too elongated" in s for s in run.metrics["skipped"])
 
@@ -289,7 +289,7 @@ def test_images_lying_beside_the_class_folders_are_reported(data, tmp_path, capl
     Image.new("RGB", (24, 24)).save(folder / "loose.png")
     assert transferlab.load_source(folder).loose == [str(folder / "loose.png")]
     with caplog.at_level("WARNING", logger="transferlab"):
-        transferlab.train(folder, out=tmp_path / "runs", name="r", backbone="mobilenetv2_050", weights="none",
+        transferlab.train(folder, out=tmp_path / "runs", name="r", strategy="features", backbone="mobilenetv2_050", weights="none",
                           image_size=32, progress=False)
     assert any("loose.png" in r.message and "beside the class folders" in r.message for r in caplog.records)
 

@@ -13,7 +13,7 @@ from transferlab import ImageClassifier, RunConfig, TransferlabError
 from transferlab.cli import main
 
 # A tiny two-class set whose classes differ in colour: fast to train on random weights.
-FAST = ["--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
+FAST = ["--strategy", "features", "--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_run_that_fails_while_saving_leaves_nothing_half_written(colours, tmp_
 
     monkeypatch.setattr("transferlab.workflows.train.write_json", broken)
     with pytest.raises(OSError):
-        transferlab.train(colours, out=tmp_path / "runs", name="x", weights="none", image_size=32,
+        transferlab.train(colours, out=tmp_path / "runs", name="x", strategy="features", weights="none", image_size=32,
                           backbone="mobilenetv2_050", progress=False)
     assert list((tmp_path / "runs").iterdir()) == []
 

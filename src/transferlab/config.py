@@ -39,7 +39,8 @@ def opt(default, help: str, group: str = "training", choices=None):
 
 @dataclass(kw_only=True)
 class FitOptions:
-    strategy: str = opt("features", "how the pretrained network is reused", "model", STRATEGIES)
+    strategy: str = opt("auto", "how the pretrained network is reused (auto: the best of several on validation, "
+                                "within --budget minutes, default 20; features: one pass, a minute)", "model", STRATEGIES)
     backbone: str | None = opt(None, f"timm model name, or basenet / basenet-plus for scratch "
                                      f"(default {DEFAULT_BACKBONE}; see `transferlab backbones`); features: "
                                      "several, comma-separated, concatenate their features", "model")
@@ -166,6 +167,9 @@ class RunConfig(FitOptions):
                 bad(key, "must be at least " + ("0" if key == "head_epochs" else "1"))
         if self.batch_size < 1:
             bad("batch_size", "must be at least 1")
+        for key in ("val_fraction", "test_fraction"):  # auto does not cut val: checked here for it too
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, "is outside [0, 1): give a fraction such as 0.15")
         if self.image_size is not None and not 8 <= int(self.image_size) <= 2048:
             bad("image_size", "is outside 8..2048 pixels")
         if self.dropout is not None and not 0 <= self.dropout < 1:

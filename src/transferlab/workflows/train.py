@@ -231,5 +231,7 @@ def worst_mistakes(images: list, labels: np.ndarray, proba: np.ndarray, classes:
 
 
 def demo(out: str = "runs", progress: bool = True, **options) -> Run:
-    """The embedded default: the packaged offline backbone, `features`, on scikit-learn's digits."""
+    """The embedded default: the packaged offline backbone on scikit-learn's digits, with
+    `features` (a minute; train's default, auto, takes up to its budget)."""
+    options.setdefault("strategy", "features")
     return train("digits", out=out, name=options.pop("name", "demo-digits"), progress=progress, **options)
