@@ -10,7 +10,7 @@ _EXPORTS = {
     "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.types",
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
-    "layers": "api", "compare": "api", "predict": "inference.predict",
+    "layers": "api", "compare": "api", "lr_find": "api", "predict": "inference.predict",
     "export": "inference.export", "read_metadata": "inference.export", "Callback": "training.callbacks",
 }
 __all__ = sorted(_EXPORTS)

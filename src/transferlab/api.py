@@ -1,5 +1,5 @@
 """The functions behind the commands, one per command that does a job: train, evaluate, demo,
-compare, audit, layers. Each is the place a command line (cli/) or a script calls; the work
+compare, audit, layers, lr_find. Each is the place a command line (cli/) or a script calls; the work
 itself lives in workflows/, audit/ and models/."""
 
 from __future__ import annotations
@@ -10,17 +10,29 @@ from .errors import TransferlabError
 from .workflows.evaluate import evaluate
 from .workflows.train import Run, demo, train
 
-__all__ = ["Run", "train", "evaluate", "demo", "compare", "audit", "layers"]
+__all__ = ["Run", "train", "evaluate", "demo", "compare", "audit", "layers", "lr_find"]
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
             name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1,
-            base: dict | None = None):
+            base: dict | None = None, folds: int = 0):
     """Every config of `grid` once per seed, `jobs` runs at a time; `base` options join the grid's
-    base (the grid's own values win). See workflows/compare.py."""
+    base (the grid's own values win). `folds` K: every run cross-validates with K folds on its
+    train split, and configs are ranked by that validation accuracy. See workflows/compare.py."""
     from .workflows.compare import compare as run_comparison
 
-    return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs, base)
+    return run_comparison(data, grid, seeds, out, name, first_seed, progress, jobs, base, folds)
+
+
+def lr_find(data: str | None = None, config=None, plot: str | Path | None = "lr_find.png", start_lr: float = 1e-7,
+            end_lr: float = 10.0, steps: int = 200, force: bool = False, progress: bool = True, **options):
+    """The learning-rate sweep on what `train(data, **options)` would train on (strategy finetune
+    unless given); writes `plot` and returns the rates, losses and suggestions. See
+    workflows/lr_find.py."""
+    from .workflows.lr_find import lr_find as run_lr_find
+
+    return run_lr_find(data, config, plot=plot, start_lr=start_lr, end_lr=end_lr, steps=steps, force=force,
+                       progress=progress, **options)
 
 
 def audit(data: str | None = None, threshold: float | None = None, near: bool = True,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -39,8 +40,9 @@ from .training.batches import TensorBatches
 from .training.callbacks import Budget, Callback
 from .training.distributed import World
 from .training.engine import Phase, Trainer
-from .training.fit import fit_network, resolve_device, train_settings
-from .training.strategies import phases, resolve
+from .training.fit import check_sizes, fit_network, resolve_device, tool_callbacks, train_settings
+from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest, sweep_phase
+from .training.strategies import RECIPES, phases, resolve
 
 log = logging.getLogger("transferlab")
 
@@ -86,12 +88,55 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         self.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
         built = build_model(self.spec_)
         self.network_, self.preprocess_, self.weights_ = built.network, built.preprocess, built.weights
+        found = None
+        if cfg.lr == "find":
+            found = self._sweep(cfg, train, LRSweep())
+            cfg = self.config_ = replace(cfg, lr=found.suggestion)
+            log.info(f"lr find: {found.suggestion:.3g} (the sweep's {SUGGESTION})")
         if cfg.strategy == "features":
             self._fit_features(cfg, train, val, callbacks)
         else:
             self._fit_network(cfg, train, val, callbacks, started)
+        if found is not None:
+            self.fit_info_["lr_find"] = found.to_dict()
         self.network_.eval()
         return self
+
+    def lr_find(self, X, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200
+                ) -> LRFindResult:
+        """Sweep the learning rate exponentially from `start_lr` to `end_lr` over `steps` steps of
+        the first phase that would train (on `X`, as `fit` takes it), on a copy of the network:
+        the fitted one when there is one, else a fresh one. Nothing is kept. Returns the rates, the
+        smoothed losses and the suggested rates (`.suggestion` is what `lr='find'` uses;
+        `.plot(path)` draws them)."""
+        if not (0 < start_lr < end_lr) or steps < 10:
+            raise TransferlabError(f"lr_find: give 0 < start_lr < end_lr and at least 10 steps "
+                                   f"(got {start_lr}, {end_lr}, {steps})")
+        cfg = resolve(RunConfig.from_dict({**self._fit_options(), "lr": "find"}, origin="ImageClassifier"))
+        train, _ = labelled_set(X, y, "X")
+        return self._sweep(cfg, train, LRSweep(start_lr, end_lr, steps))
+
+    def _sweep(self, cfg: RunConfig, train: ImageSet, sweep: LRSweep) -> LRFindResult:
+        """The sweep on a copy of this classifier's network (built now when it has none)."""
+        probe = ImageClassifier(**self._fit_options(), progress=self.progress)
+        probe.config_ = replace(cfg, lr=RECIPES[cfg.strategy]["lr"])  # the sweep sets the rates itself
+        if hasattr(self, "network_"):
+            probe.spec_, probe.preprocess_, probe.weights_ = self.spec_, self.preprocess_, self.weights_
+            probe.network_ = copy.deepcopy(self.network_)
+        else:
+            probe.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
+            built = build_model(probe.spec_)
+            probe.network_, probe.preprocess_, probe.weights_ = built.network, built.preprocess, built.weights
+        if cfg.strategy == "features":
+            probe._fit_features(probe.config_, train, None, [], sweep=sweep)
+        else:
+            probe._fit_network(probe.config_, train, None, [], time.perf_counter(), sweep=sweep)
+        try:
+            suggestions = suggest(sweep.rates, sweep.losses)
+        except ValueError as err:
+            raise TransferlabError(f"lr find: {err} (the loss diverged at once): give a lower start rate "
+                                   "or more training images") from None
+        return LRFindResult(sweep.rates, sweep.losses, sweep.raw, sweep.phase, suggestions)
 
     def _fit_auto(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
                   started: float) -> None:
@@ -134,20 +179,21 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
 
     def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
-                     started: float) -> None:
+                     started: float, sweep: LRSweep | None = None) -> None:
         phases(cfg, self.network_)  # --unfreeze beyond the backbone's stages fails before decoding
+        check_sizes(cfg, self.preprocess_)
         decoding = time.perf_counter()
         train, failed = readable(train, self.preprocess_, cfg.batch_size)
         skipped = [str(f) for f in failed]
-        if val is None:
+        if val is None and sweep is None:  # a sweep validates nothing
             train, val = hold_back(train, cfg.seed)
-        else:
+        elif val is not None:
             val, failed = readable(val, self.preprocess_, cfg.batch_size)
             skipped += [str(f) for f in failed]
         decode_seconds = time.perf_counter() - decoding
         self.skipped_ = skipped
         result, self.preprocess_, plan = fit_network(self.network_, cfg, self.preprocess_, train, val,
-                                                     self.progress, callbacks)
+                                                     self.progress, callbacks, sweep)
         self.history_ = result.history
         fit_seconds = time.perf_counter() - started
         self.fit_info_ = {"path": plan.describe(), "best_epoch": result.best_epoch,
@@ -161,7 +207,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             self.fit_info_.update(ranks=len(result.replicas), rank_weight_digests=result.replicas,
                                   ranks_identical=len(set(result.replicas)) == 1)
 
-    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list) -> None:
+    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
+                      sweep: LRSweep | None = None) -> None:
         extracted = [self._features(train.images, "train features")]
         x_train, y_train = extracted[0].features, train.labels[extracted[0].ok]
         x_val = y_val = None
@@ -176,16 +223,21 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         if parse_head(cfg.head)[0] == "linear":
             self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed)
             return
-        if x_val is None:
+        if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
             x_train, y_train, x_val, y_val = x_train[~held], y_train[~held], x_train[held], y_train[held]
         # One process's work even under torchrun (the features strategy runs on rank 0 alone).
-        trainer = Trainer(head, train_settings(cfg, channels_last=False), callbacks=callbacks,
+        tools = [sweep] if sweep is not None else tool_callbacks(cfg)
+        trainer = Trainer(head, train_settings(cfg, channels_last=False), callbacks=[*tools, *callbacks],
                           progress=self.progress, world=World())
+        train_batches = TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train), cfg.batch_size,
+                                      shuffle=True)
         phase = Phase("head", cfg.epochs, [([n for n, _ in head.named_parameters()], cfg.lr)])
-        result = trainer.fit([phase], TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train),
-                                                    cfg.batch_size, shuffle=True),
-                             TensorBatches(torch.from_numpy(x_val), torch.from_numpy(y_val), 256))
+        if sweep is not None:
+            phase = sweep_phase(phase, math.ceil(len(train_batches) / cfg.accumulate), sweep.steps)
+        result = trainer.fit([phase], train_batches,
+                             TensorBatches(torch.from_numpy(x_val), torch.from_numpy(y_val), 256)
+                             if x_val is not None else None)
         head.eval()
         self.history_ = result.history
         self.fit_info_ = {"classifier": "mlp head", "best_epoch": result.best_epoch}

@@ -77,7 +77,20 @@ class FitOptions:
 
     epochs: int | None = opt(None, "epochs (finetune: of phase 2; early stopping may end sooner)")
     head_epochs: int | None = opt(None, "finetune, bilinear: epochs of phase 1, head only")
-    lr: float | None = opt(None, "learning rate of the head (and of everything for scratch)")
+    lr: float | str | None = opt(None, "learning rate of the head (and of everything for scratch), or 'find': "
+                                       "an LR sweep (`transferlab lr-find`) first, its suggestion used")
+    lr_decay: float = opt(1.0, "finetune, bilinear: layer-wise rate decay per unfrozen stage below the last "
+                               "(stage k from the top trains at lr x backbone-lr-mult x lr-decay^k; 1 = off)")
+    unfreeze_schedule: str = opt("", "finetune, bilinear: gradual unfreezing, stages unfrozen per phase after the "
+                                     "head phase, e.g. 1,2,4 (each phase --epochs / phases epochs, a fresh "
+                                     "optimizer and schedule); replaces --unfreeze")
+    ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999): "
+                          "evaluation, the best epoch and the saved model use it (0 = off)")
+    sizes: str = opt("", "progressive resizing: input sizes for successive shares of each phase's epochs, "
+                         "ending at the network's input size, e.g. 160,224")
+    accumulate: int = opt(1, "gradient accumulation: batches per optimizer step (an effective batch "
+                             "N x --batch-size)")
+    clip_grad: float = opt(0.0, "clip the gradient norm to this value before each step (0 = off)")
     optimizer: str | None = opt(None, "adamw, sgd, adam or rmsprop (default adamw; sgd for scratch)",
                                 choices=OPTIMIZERS)
     weight_decay: float | None = opt(None, "weight decay (default 0.01 for adam(w), 5e-4 otherwise)")
@@ -135,6 +148,9 @@ class RunConfig(FitOptions):
     out: str = opt("runs", "folder for run directories", "output")
     name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
     tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
+    folds: int = opt(0, "k-fold cross-validation on train (stratified, test untouched) before the final fit: "
+                        "metrics.json reports each fold's validation accuracy and their mean +- std (0 = off)",
+                     "data")
     tta: bool = opt(False, "score val and test with test-time augmentation: each image's probabilities "
                            "averaged over its centre and corner crops, mirrored (about 10x the scoring time)",
                     "output")
@@ -174,10 +190,27 @@ class RunConfig(FitOptions):
             bad("image_size", "is outside 8..2048 pixels")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             bad("dropout", "is outside [0, 1)")
-        for key in ("lr", "weight_decay"):
-            value = getattr(self, key)
-            if value is not None and (value < 0 or (key == "lr" and value == 0)):
-                bad(key, "must be positive")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            bad("weight_decay", "must be positive")
+        if self.lr is not None and self.lr != "find" and (not isinstance(self.lr, (int, float)) or self.lr <= 0):
+            bad("lr", "must be a positive number, or find (an LR sweep first)")
+        if not 0 < self.lr_decay <= 1:
+            bad("lr_decay", "is outside (0, 1]: 1 is off, 0.7 a typical layer-wise decay")
+        if (self.lr_decay != 1 or self.unfreeze_schedule) and self.strategy not in ("finetune", "bilinear"):
+            bad("lr_decay" if self.lr_decay != 1 else "unfreeze_schedule",
+                "is for --strategy finetune or bilinear, which unfreeze backbone stages")
+        self.unfreeze_steps()
+        if not 0 <= self.ema < 1:
+            bad("ema", "is outside [0, 1): 0 is off, 0.999 a typical decay")
+        if self.sizes and self.strategy in ("features", "auto"):
+            bad("sizes", "is for strategies that train on pixels (frozen, finetune, reinit, bilinear, scratch)")
+        self.size_list()
+        if self.accumulate < 1:
+            bad("accumulate", "must be at least 1 batch per step")
+        if self.clip_grad < 0:
+            bad("clip_grad", "must be 0 (off) or a positive gradient norm")
+        if self.folds == 1 or self.folds < 0:
+            bad("folds", "must be 0 (off) or at least 2")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "is outside [0, 1)")
         if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 1):
@@ -223,6 +256,34 @@ class RunConfig(FitOptions):
                                    "[0, 1), e.g. 0.5 or 0.5,0.5")
         return rates
 
+    def unfreeze_steps(self) -> tuple[int | str, ...]:
+        """--unfreeze-schedule as stage counts, increasing (the last may be 'all')."""
+        text = str(self.unfreeze_schedule or "").strip()
+        if not text:
+            return ()
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        steps = tuple(int(p) if p.isdigit() else p for p in parts)
+        numbers = [s for s in steps if s != "all"]
+        if (any(not isinstance(s, int) or s < 1 for s in numbers) or "all" in steps[:-1]
+                or numbers != sorted(set(numbers))):
+            raise TransferlabError(f"--unfreeze-schedule '{text}' must be increasing stage counts, the last "
+                                   "may be 'all', e.g. 1,2,4 or 1,3,all")
+        return steps
+
+    def size_list(self) -> tuple[int, ...]:
+        """--sizes as increasing pixel sizes."""
+        text = str(self.sizes or "").strip()
+        if not text:
+            return ()
+        try:
+            sizes = tuple(int(p) for p in text.split(",") if p.strip())
+        except ValueError:
+            sizes = ()
+        if len(sizes) < 2 or list(sizes) != sorted(set(sizes)) or sizes[0] < 8:
+            raise TransferlabError(f"--sizes '{text}' must be two or more increasing input sizes (8 px or "
+                                   "more) ending at the network's, e.g. 160,224")
+        return sizes
+
     def milestone_list(self) -> tuple[int, ...]:
         try:
             return tuple(sorted(int(m) for m in str(self.milestones).split(",") if m.strip()))
@@ -252,6 +313,15 @@ class RunConfig(FitOptions):
             if isinstance(v, os.PathLike):
                 v = os.fspath(v)
             elif isinstance(v, (list, tuple)) and k in ("classes", "milestones"):
+                v = ",".join(str(x) for x in v)
+            elif k == "lr" and isinstance(v, str) and v.strip() == "find":
+                v = "find"
+            elif k == "lr" and isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    raise TransferlabError(f"{origin}: --lr '{v}' is not a number or 'find'") from None
+            elif k in ("sizes", "unfreeze_schedule") and isinstance(v, (list, tuple)):
                 v = ",".join(str(x) for x in v)
             elif k == "unfreeze" and v is not None:
                 v = int(v) if str(v).strip().isdigit() else str(v).strip()

@@ -67,6 +67,40 @@ def train(args: argparse.Namespace, progress: bool) -> None:
         print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
 
 
+@command("lr-find", "sweep the learning rate and plot loss against it; prints the suggested rates",
+         description="An exponential learning-rate sweep over a few hundred steps of the first phase that "
+                     "would train (the head's rate; other groups keep their ratio), on a copy of the network "
+                     "and the images `train` would train on with the same options. Writes the plot and prints "
+                     "the suggestions (steepest, valley, minimum); `train --lr find` uses the valley. The "
+                     "strategy defaults to finetune.",
+         run_options=("data", "lr", "folds", "tta", "tensorboard", "out", "name"), arguments=[
+             arg("data", nargs="?", help="folder, .csv, CIFAR archive or 'digits', as for train"),
+             arg("--config", help="YAML file of run options (same keys as train); options given here override it"),
+             arg("--plot", default="lr_find.png", help="PNG of the sweep to write (default lr_find.png)"),
+             arg("--start-lr", type=float, default=1e-7, help="first rate of the sweep (default 1e-7)"),
+             arg("--end-lr", type=float, default=10.0, help="last rate of the sweep (default 10)"),
+             arg("--steps", type=int, default=200, help="steps of the sweep (default 200; it ends early once "
+                 "the loss diverges)"), FORCE])
+def lr_find(args: argparse.Namespace, progress: bool) -> None:
+    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
+    if "data" not in given and not args.config:
+        raise TransferlabError("lr-find needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")
+    if not (0 < args.start_lr < args.end_lr) or args.steps < 10:
+        raise TransferlabError(f"--start-lr {args.start_lr}, --end-lr {args.end_lr}, --steps {args.steps}: give "
+                               "0 < start < end and at least 10 steps")
+    base = RunConfig.from_yaml(args.config).to_dict() if args.config else {"strategy": "finetune"}
+    config = RunConfig.from_dict({**base, **given, "lr": "find"}, origin="options")  # checked before torch loads
+    from ..api import lr_find as run_lr_find
+
+    result = run_lr_find(config=config, plot=args.plot, start_lr=args.start_lr, end_lr=args.end_lr,
+                         steps=args.steps, force=args.force, progress=progress)
+    swept = f"{result.rates[0]:.2g} to {result.rates[-1]:.2g}"
+    print(f"swept {len(result.rates)} steps of phase {result.phase}, rates {swept}")
+    for name, rate in result.suggestions.items():
+        print(f"  {name:<9s} {rate:.3g}" + ("  (what --lr find uses)" if name == "valley" else ""))
+    print(f"plot: {args.plot}")
+
+
 @command("evaluate", "score a saved run on labelled data",
          description="Score a saved run on labelled data with the same class names.", arguments=[
              arg("run", help=RUN), arg("data", help="folder, .csv or demo set with the run's class names"),
@@ -236,9 +270,10 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
 
     base = {f.name: getattr(args, f.name) for f in fields(RunConfig)
             if f.name not in COMPARE_OWNED and getattr(args, f.name, None) is not None}
+    folds = base.pop("folds", 0)  # --folds also decides the ranking: api.compare takes it by name
     result = run_compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress, args.jobs,
-                         base=base)
-    print(markdown_table(result.rows, result.columns[:result.columns.index("test_accuracy_mean")]), end="")
+                         base=base, folds=folds)
+    print(markdown_table(result.rows, result.varied), end="")
     print(f"comparison: {result.path}")
 
 

@@ -2,11 +2,13 @@
 
 One rule keeps scores honest: val is used for choices (regularisation, early stopping), test only
 for the reported score. So when the data brings train/ and val/ but no test/, its val/ is held out
-as the test split and a validation split is cut from train/.
+as the test split and a validation split is cut from train/. `--folds` cuts train itself into
+stratified cross-validation folds (`stratified_folds`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,3 +119,25 @@ def _check_train_covers_classes(images: ImageSet, train_idx: np.ndarray, root: s
         raise TransferlabError(
             f"class(es) {', '.join(repr(m) for m in missing)} in '{root}' have no training images: "
             "add some under train/, or remove the class from the other splits")
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int,
+                     classes: Sequence[str] | None = None) -> list[np.ndarray]:
+    """`k` disjoint arrays of indices into `labels` (each fold's validation images), every class
+    spread over them as evenly as it divides, seeded; together they hold every index once.
+
+    A class with fewer than `k` members would leave some folds without it, so it is refused
+    here, before anything slow runs; `classes` names the labels in that message.
+    """
+    # Imported here: only runs with --folds pay for it.
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    for label, count in enumerate(counts):
+        if 0 < count < k:
+            name = classes[label] if classes is not None else str(label)
+            fix = f"give --folds {count} or fewer" if count >= 2 else "add images to it, or give --folds 0 (off)"
+            raise TransferlabError(f"--folds {k}: class '{name}' has only {count} training image(s); {fix}")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [held for _, held in splitter.split(np.zeros(len(labels)), labels)]

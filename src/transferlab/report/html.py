@@ -206,6 +206,17 @@ def _auto_section(metrics: dict) -> dict | None:
     return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows, "refit": auto.get("refit")}
 
 
+def _folds_section(metrics: dict) -> dict | None:
+    """The folds of a --folds run, a row each, and their mean and sample std."""
+    folds = metrics.get("folds")
+    if not folds:
+        return None
+    rows = [[str(k), _fmt(acc), _fmt(loss)]
+            for k, (acc, loss) in enumerate(zip(folds["val_accuracy"], folds["val_log_loss"]), 1)]
+    return {"k": folds["k"], "mean": f"{folds['mean']:.4f}", "std": f"{folds['std']:.4f}", "rows": rows,
+            "seconds": _fmt(folds.get("seconds"))}
+
+
 def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[dict],
                      gallery: list[GalleryItem]) -> Path:
     """Write run_dir/report.html, one self-contained page about the run, and return its path.
@@ -229,7 +240,8 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
         backbone=config.get("backbone") or "default backbone",
         score=(f"{split} accuracy {metrics[split]['accuracy']:.4f}" + (" (test-time augmented)" if metrics.get("tta")
                                                                       else "")) if split else "no held-out score",
-        split=split, split_rows=_split_rows(metrics), fit=fit, auto=_auto_section(metrics),
+        split=split, split_rows=_split_rows(metrics), folds=_folds_section(metrics), fit=fit,
+        auto=_auto_section(metrics),
         skipped=metrics.get("skipped") or [],
         epochs=len(history), curves=data_uri(curves.read_bytes()) if history and curves.is_file() else None,
         confusion=data_uri(confusion_png(matrix, list(per_class))) if per_class and matrix is not None else None,

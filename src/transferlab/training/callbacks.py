@@ -5,8 +5,9 @@ anything a user passes to `fit(callbacks=...)`.
 
 Every hook receives the Trainer, whose attributes are the state of training: `network`,
 `phases`, `phase_index`, `phase`, `first_epoch` (where this phase starts: 0, or later when
-resumed), `epoch`, `history` (one dict per finished epoch), `optimizer`, `schedule`, `world`
-and `stop_phase` (set it to end the phase; the next one still runs).
+resumed), `epoch`, `history` (one dict per finished epoch), `optimizer`, `schedule`, `world`,
+`stop_phase` (set it to end the phase; the next one still runs) and `stop_fit` (set it to end
+training). The training tools (ema.py, lr_find.py, resizing.py) are callbacks too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Callback:
     def on_phase_begin(self, trainer) -> None: ...
     def on_epoch_begin(self, trainer) -> None: ...
     def on_batch_end(self, trainer, logs: dict) -> None: ...   # running loss, accuracy, images
+    def on_step_end(self, trainer, logs: dict) -> None: ...    # after each optimizer step: its loss, lr
     def on_epoch_end(self, trainer, row: dict) -> None: ...    # the epoch's history row
     def on_phase_end(self, trainer) -> None: ...
     def on_fit_end(self, trainer) -> None: ...                 # also when training failed
@@ -45,6 +47,11 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def evaluation_weights(self, trainer) -> dict | None:
+        """A state dict to evaluate, choose the best epoch and save with instead of the network's
+        own weights (an average of them), or None."""
+        return None
 
 
 class EarlyStopping(Callback):
@@ -71,7 +78,7 @@ class EarlyStopping(Callback):
         value = self.sign * row[self.monitor]
         if value < self.best - self.min_delta:
             self.best, self.best_epoch, self.waited = value, row["epoch"], 0
-            self.best_weights = copy.deepcopy(trainer.network.state_dict())
+            self.best_weights = copy.deepcopy(trainer.evaluation_state())
             return
         self.waited += 1
         if self.waited >= self.patience:

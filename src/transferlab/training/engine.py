@@ -10,8 +10,9 @@ restore, checkpoints and resume, the time budget, progress, logging, TensorBoard
 
 from __future__ import annotations
 
+import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -50,7 +51,10 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     amp: bool = False                             # bf16 autocast (GPU)
+    amp_dtype: str = "auto"                       # auto: bf16 on a GPU that has it, else fp16; or bf16, fp16
     channels_last: bool = True
+    accumulate: int = 1                           # batches per optimizer step
+    clip_grad: float = 0.0                        # max gradient norm (0 = off)
 
 
 class BatchSource(Protocol):
@@ -131,6 +135,7 @@ class Trainer:
         self.history: list[dict] = []
         self.position = (0, 0)  # (phase, epoch) to start from; a resumed checkpoint moves it
         self.seconds_training, self.images_trained = 0.0, 0
+        self.stop_fit = False  # a callback ends training altogether (the LR finder's sweep is done)
         self.network.to(self.device)
         if self.s.channels_last:
             self.network.to(memory_format=torch.channels_last)
@@ -149,15 +154,21 @@ class Trainer:
         self.phase_index, self.phase = pi, self.phases[pi]
         self.first_epoch = self.position[1] if pi == self.position[0] else 0
         self.stop_phase = False
+        if self.stop_fit:
+            return
         params = apply_phase(self.network, self.phase)
         self.optimizer = build_optimizer([([(n, p) for n, p in params if n in set(names)], lr)
                                           for names, lr in self.phase.groups],
                                          self.s.optimizer, self.s.weight_decay, self.s.momentum, self.s.nesterov)
-        self.schedule = build_schedule(self.optimizer, self.s.schedule, len(self.train_data), self.phase.epochs,
+        self.schedule = build_schedule(self.optimizer, self.s.schedule, self.steps_per_epoch, self.phase.epochs,
                                        self.phase.warmup_epochs, self.s.milestones, self.s.gamma)
+        # float16 gradients underflow without loss scaling; bf16 (and float32) need none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.step = parallel(self.world, self.network, self.forward, self.device)
         self._call("on_phase_begin")
         for self.epoch in range(self.first_epoch, self.phase.epochs):
+            if self.stop_fit:
+                break
             self._call("on_epoch_begin")
             if self.stop_phase:
                 break
@@ -176,35 +187,83 @@ class Trainer:
         self.seconds_training += time.perf_counter() - started
         self.images_trained += row.pop("images")
         if self.val_data is not None:
-            row["val_loss"], row["val_accuracy"] = self.evaluate(self.val_data)
+            with self.evaluation_weights():
+                row["val_loss"], row["val_accuracy"] = self.evaluate(self.val_data)
         row["seconds"] = round(time.perf_counter() - started, 3)
         row["epoch"] = len(self.history) + 1
         return row
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_data) / self.s.accumulate)
+
     def _train_epoch(self) -> dict:
         total = correct = 0
         loss_sum = 0.0
-        for x, y in self.train_data.batches(epoch_seed(self.s.seed, self.phase_index, self.epoch)):
-            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
-            target = y
-            if self.mix is not None:
-                x, target = self.mix(x.float(), y)
-            with self._autocast():
-                logits = self.step(x)
-                loss = self.loss_fn(logits.float(), target)
+        batches = self.train_data.batches(epoch_seed(self.s.seed, self.phase_index, self.epoch))
+        for group in _groups(batches, self.s.accumulate):
+            # Each batch's loss is weighted by its share of the group's images, so N accumulated
+            # batches take the step one batch of all their images would.
+            images = sum(len(y) for _, y in group)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            step_loss = 0.0
+            for x, y in group:
+                x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+                target = y
+                if self.mix is not None:
+                    x, target = self.mix(x.float(), y)
+                with self._autocast():
+                    logits = self.step(x)
+                    loss = self.loss_fn(logits.float(), target)
+                self.scaler.scale(loss * (len(y) / images)).backward()
+                batch_loss = float(loss.detach())
+                step_loss += batch_loss * len(y) / images
+                loss_sum += batch_loss * len(y)
+                truth = target.argmax(1) if target.ndim == 2 else target
+                correct += int((logits.detach().argmax(1) == truth).sum())
+                total += len(y)
+                self._call("on_batch_end", {"loss": loss_sum / total, "accuracy": correct / total, "images": total})
+            lr = max(g["lr"] for g in self.optimizer.param_groups)
+            self._optimizer_step()
             self.schedule.step()
-            loss_sum += float(loss.detach()) * len(y)
-            truth = target.argmax(1) if target.ndim == 2 else target
-            correct += int((logits.detach().argmax(1) == truth).sum())
-            total += len(y)
-            self._call("on_batch_end", {"loss": loss_sum / total, "accuracy": correct / total, "images": total})
+            self._call("on_step_end", {"loss": step_loss, "lr": lr})
+            if self.stop_phase or self.stop_fit:
+                break
         loss_sum, correct, total = self.world.sum(loss_sum, correct, total)
         return {"phase": self.phase.name, "train_loss": loss_sum / max(total, 1),
                 "train_accuracy": correct / max(total, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "images": int(total)}
+
+    def _optimizer_step(self) -> None:
+        if self.s.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.s.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def evaluation_state(self) -> dict:
+        """The weights evaluation, the best-epoch choice and the saved model use: the network's
+        own, or those a callback keeps instead (the EMA's average of them)."""
+        for callback in self.callbacks:
+            state = callback.evaluation_weights(self)
+            if state is not None:
+                return state
+        return self.network.state_dict()
+
+    @contextmanager
+    def evaluation_weights(self):
+        """The network holds its evaluation state inside the block, its own weights after it."""
+        state = next((s for cb in self.callbacks if (s := cb.evaluation_weights(self)) is not None), None)
+        if state is None:
+            yield
+            return
+        own = {k: v.clone() for k, v in self.network.state_dict().items()}
+        self.network.load_state_dict(state)
+        try:
+            yield
+        finally:
+            self.network.load_state_dict(own)
 
     def evaluate(self, data: BatchSource) -> tuple[float, float]:
         """Mean loss and accuracy with the network in eval mode (modes restored afterwards); over
@@ -239,8 +298,28 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """Mixed precision: on a GPU by default (bf16 where it has it, else fp16); on a CPU only
+        when a dtype is asked for explicitly."""
+        if not self.s.amp or (self.device.type != "cuda" and self.s.amp_dtype == "auto"):
+            return None
+        if self.s.amp_dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.s.amp_dtype]
+
     def _autocast(self):
-        if self.s.amp and self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return nullcontext()
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _groups(batches: Iterator, size: int) -> Iterator[list]:
+    """Consecutive batches in lists of `size` (the last may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -68,7 +68,10 @@ def first_trained(network: Network, chain: list[tuple[str, nn.Module]], phases: 
 
 
 def plan(network: Network, phases: list[Phase], pre: Preprocess, n_train: int, n_val: int,
-         views: int, memory_mb: int, cache_dir: Path, enabled: bool = True, mixing: bool = False) -> Plan:
+         views: int, memory_mb: int, cache_dir: Path, enabled: bool = True, mixing: bool = False,
+         train_scale: float = 1.0) -> Plan:
+    """`train_scale`: the training views' share of memory relative to one full-size set (progressive
+    resizing caches each view at every size)."""
     tapped = getattr(network.backbone, "run", None) is not None
     if tapped:
         chain = network.backbone.chain
@@ -96,7 +99,7 @@ def plan(network: Network, phases: list[Phase], pre: Preprocess, n_train: int, n
         shape = _run(chain[:cut], network.normalize(probe)).shape[1:]
     network.train(was_training)
     per_view = int(np.prod(shape)) * 2  # float16
-    needed = per_view * (n_train * views + n_val)
+    needed = int(per_view * (n_train * views * train_scale + n_val))
     on_disk = needed > memory_mb * 2**20
     if on_disk:
         make_dir(cache_dir)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import TransferlabError
+from ..models.heads import parse_head
 from ..models.backbones import registered, scratch_backbones, trains_from_scratch
 from ..models.registry import DEFAULT_BACKBONE
 from ..models.stages import last_stages
@@ -56,6 +57,12 @@ def resolve(config: RunConfig) -> RunConfig:
         values[key] = recipe.get(key) if value is None and key in recipe else value
     # auto picks its backbones itself unless the user named one
     values["backbone"] = config.backbone if config.strategy == "auto" else backbone
+    if values["lr"] == "find" and config.strategy == "auto":
+        raise TransferlabError("--lr find sweeps one strategy's rate, but auto chooses among several: give "
+                               "--strategy finetune (or frozen, reinit, bilinear, scratch)")
+    if values["lr"] == "find" and config.strategy == "features" and parse_head(values["head"])[0] == "linear":
+        raise TransferlabError("--lr find: --strategy features fits its linear head by logistic regression, "
+                               "which has no learning rate; use --head mlp, or another strategy")
     if values["weight_decay"] is None:
         values["weight_decay"] = 0.01 if values["optimizer"] in ("adamw", "adam") else 5e-4
     if values["optimizer"] == "adam" and config.weight_decay is None:
@@ -73,28 +80,52 @@ def _batchnorms(network: nn.Module, params: list[str]) -> tuple[str, ...]:
                  if name in owners and isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
+def stage_rates(stages, count: int | str, top_lr: float, decay: float) -> list[tuple[list[str], float]]:
+    """(parameter names, rate) per unfrozen stage: the last stage at `top_lr`, the one below it
+    at top_lr x decay, and so on (layer-wise decay, as in BEiT and timm's layer_decay); one group
+    when decay is 1. `stages(k)` names the parameters of the last k stages."""
+    everything = stages(count)
+    if decay == 1:
+        return [(everything, top_lr)]
+    groups, seen, k = [], set(), 1
+    while len(seen) < len(everything):
+        names = [n for n in stages(k) if n not in seen]
+        if names:
+            groups.append((names, top_lr * decay ** (k - 1)))
+        seen.update(names)
+        k += 1
+    return groups
+
+
 def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
     """The phases of a strategy for a network built for it (config already resolved)."""
     head = _names_under(network, "head.")
     lr = config.lr
+    if not isinstance(lr, (int, float)):
+        raise TypeError(f"phases need a learning rate, got {lr!r}: resolve --lr find first")
     s = config.strategy
     if s == "frozen":
         return [Phase("head", config.epochs, [(head, lr)])]
-    if s == "finetune":
-        unfrozen = ["backbone." + n for n in last_stages(network.backbone, config.unfreeze)]
+    if s in ("finetune", "bilinear"):
+        # Phase 1 trains the head on the frozen backbone; then the last stages train too, at the
+        # backbone's reduced rate (decayed further per stage with --lr-decay), in one phase or,
+        # with --unfreeze-schedule, in phases that unfreeze more stages each. A bilinear network
+        # unfreezes the stages below each tap.
+        def named(count):
+            found = (network.backbone.last_stages(count) if s == "bilinear"
+                     else last_stages(network.backbone, count))
+            return ["backbone." + n for n in found]
+
+        steps = config.unfreeze_steps() or (config.unfreeze,)
         result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
-        bn = _batchnorms(network, unfrozen) if config.bn_update else ()
-        result.append(Phase("finetune", config.epochs, [(head, lr), (unfrozen, lr * config.backbone_lr_mult)],
-                            bn, config.warmup_epochs))
+        epochs = config.epochs if len(steps) == 1 else max(1, -(-config.epochs // len(steps)))
+        for step in steps:
+            groups = stage_rates(named, step, lr * config.backbone_lr_mult, config.lr_decay)
+            unfrozen = [n for names, _ in groups for n in names]
+            bn = _batchnorms(network, unfrozen) if config.bn_update else ()
+            result.append(Phase("finetune" if len(steps) == 1 else f"unfreeze-{step}", epochs,
+                                [(head, lr), *groups], bn, config.warmup_epochs))
         return result
-    if s == "bilinear":
-        # Phase 1 trains the bilinear head on the frozen cut network; phase 2 also the last
-        # stages below each tap, at the backbone's reduced rate.
-        unfrozen = ["backbone." + n for n in network.backbone.last_stages(config.unfreeze)]
-        bn = _batchnorms(network, unfrozen) if config.bn_update else ()
-        result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
-        return result + [Phase("finetune", config.epochs, [(head, lr), (unfrozen, lr * config.backbone_lr_mult)],
-                      bn, config.warmup_epochs)]
     if s == "reinit":
         fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit, "--reinit")]
         # Fresh BatchNorm layers have no statistics worth keeping: they must learn them.

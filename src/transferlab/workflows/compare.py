@@ -1,6 +1,8 @@
 """`transferlab compare`: every config of a grid, once per seed, in one process, so decoded images
 and cached features are shared; resumable (finished runs are read back, interrupted ones
-continue); summarised as mean and standard deviation over seeds, because one seed lies."""
+continue); summarised as mean and standard deviation over seeds, because one seed lies. With
+`--folds K` every run cross-validates on its train split too, and configs are ranked by that
+validation accuracy (a choice made on validation data; the test score stays beside it)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -32,6 +34,7 @@ from .train import train
 log = logging.getLogger("transferlab")
 
 GRID_KEYS = ("base", "grid", "configs")
+CV_COLUMNS = ("cv_accuracy_mean", "cv_accuracy_std")  # only when the runs cross-validated
 METRIC_COLUMNS = ("test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
                   "best_epoch", "train_seconds", "seeds", "status")
 
@@ -103,13 +106,18 @@ class Comparison:
     path: Path
     rows: list[dict]
     columns: list[str]
+    varied: list[str] = field(default_factory=list)  # the leading columns that tell configs apart
 
 
 def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comparisons",
             name: str | None = None, first_seed: int = 0, progress: bool = True, jobs: int = 1,
-            base: dict | None = None) -> Comparison:
+            base: dict | None = None, folds: int = 0) -> Comparison:
     """`jobs` > 1 runs the (config, seed) runs in that many worker processes (one GPU each when
-    there are GPUs); the table is the same as a serial run's."""
+    there are GPUs); the table is the same as a serial run's. `folds` joins `base` (so the run
+    folders differ from those of a comparison without it)."""
+    if folds:
+        RunConfig.from_dict({"folds": folds}, origin="compare")  # its own message, not a grid config's
+        base = {**(base or {}), "folds": folds}
     if seeds < 1:
         raise TransferlabError(f"--seeds {seeds} must be at least 1")
     if jobs < 1:
@@ -139,12 +147,13 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
             if result is not None:
                 results.append(result)
         rows.append(_row(spec, values, results, error, path))
-    rows = _rank(rows)
-    columns = spec.varied + list(METRIC_COLUMNS)
+    cv = _with_cv_columns(rows)
+    rows = _rank(rows, cv)
+    columns = spec.varied + (list(CV_COLUMNS) if cv else []) + list(METRIC_COLUMNS)
     _write_outputs(path, columns, rows, spec.varied, data_name)
     log.info(f"comparison of {len(rows)} configs x {seeds} seeds written to {path} "
              f"({(time.perf_counter() - started) / 60:.1f} min)")
-    return Comparison(path, rows, columns)
+    return Comparison(path, rows, columns, spec.varied)
 
 
 def _attempt(task: tuple, progress: bool = False) -> tuple[dict | None, str | None]:
@@ -209,13 +218,33 @@ def _row(spec: Grid, values: dict, results: list[dict], error: str | None, path:
                train_seconds=_mean_std([s for s in seconds if s is not None])[0] if seconds else None,
                seeds=len(results), status="failed" if error else "ok", error=error or "",
                runs=[str(r["run"].relative_to(path)) for r in results])
+    folds = [r["folds"] for r in results if r.get("folds")]
+    if folds:  # over every fold of every seed: each is one validation score of the recipe
+        row["cv_accuracy_mean"], row["cv_accuracy_std"] = _mean_std([a for f in folds for a in f["val_accuracy"]])
+        row["cv_loss_mean"] = _mean_std([v for f in folds for v in f["val_log_loss"]])[0]
     return row
 
 
-def _rank(rows: list[dict]) -> list[dict]:
-    """Best accuracy first (lower loss breaks ties); failed configs last; the best one marked."""
+def _with_cv_columns(rows: list[dict]) -> bool:
+    """Whether any config cross-validated; if so every row gets the cv keys (blank where none)."""
+    if not any("cv_accuracy_mean" in r for r in rows):
+        return False
+    for r in rows:
+        for key in (*CV_COLUMNS, "cv_loss_mean"):
+            r.setdefault(key, math.nan)
+    return True
+
+
+def _rank(rows: list[dict], cv: bool = False) -> list[dict]:
+    """Best accuracy first (lower loss breaks ties); failed configs last; the best one marked.
+    With `cv`, the cross-validation accuracy on train decides (its log loss breaks ties), so
+    the choice never looks at test; configs without folds come after those with."""
     def key(r):
         ok = r["status"] == "ok"
+        if cv:
+            scored = ok and not math.isnan(r["cv_accuracy_mean"])
+            return (not ok, not scored, -r["cv_accuracy_mean"] if scored else 0, r["cv_loss_mean"] if scored else 0,
+                    -r["test_accuracy_mean"] if ok else 0)
         return (not ok, -r["test_accuracy_mean"] if ok else 0, r["test_loss_mean"] if ok else 0)
 
     rows = sorted(rows, key=key)
@@ -249,19 +278,26 @@ def _write_outputs(path: Path, columns: list[str], rows: list[dict], varied: lis
 
 
 def markdown_table(rows: list[dict], varied: list[str]) -> str:
-    head = varied + ["test accuracy", "test loss", "best epoch", "train s", "seeds", ""]
+    cv = any("cv_accuracy_mean" in r for r in rows)
+    head = varied + (["cv accuracy"] if cv else []) + ["test accuracy", "test loss", "best epoch", "train s",
+                                                       "seeds", ""]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        cells = [_fmt(r[k]) for k in varied] + ([_plus_minus(r["cv_accuracy_mean"], r["cv_accuracy_std"])]
+                                                 if cv else [])
         if r["status"] == "failed":
-            cells = [_fmt(r[k]) for k in varied] + ["failed", "", "", "", str(r["seeds"]),
-                                                     r["error"].replace("|", "\\|")]
+            cells += ["failed", "", "", "", str(r["seeds"]), r["error"].replace("|", "\\|")]
         else:
-            cells = [_fmt(r[k]) for k in varied] + [
+            cells += [
                 f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
                 f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}", _one_decimal(r["best_epoch"]),
                 _one_decimal(r["train_seconds"]), str(r["seeds"]), "**best**" if r["best"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _plus_minus(mean: float, std: float) -> str:
+    return "" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
 def accuracy_chart(rows: list[dict], varied: list[str], target: Path) -> Path | None:

@@ -1,17 +1,20 @@
 """`train` and `demo`: load and split the data, fit an ImageClassifier with the run's callbacks
-(checkpoints, budget, TensorBoard), score every split and write the run directory."""
+(checkpoints, budget, TensorBoard), score every split and write the run directory; with `--folds K`,
+K-fold cross-validation on train first (`cross_validate`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import shutil
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.base import clone
 
 from ..audit.duplicates import pre_training_check
 from ..classifier import ImageClassifier
@@ -20,8 +23,8 @@ from ..common.run_files import default_run_name, unique_dir, write_history
 from ..common.run_lock import RunLock
 from ..config import RunConfig
 from ..data.decode import UnreadableImage, decode
-from ..data.sources import load_source
-from ..data.split import Splits, split_source
+from ..data.sources import ImageSet, load_source
+from ..data.split import Splits, split_source, stratified_folds
 from ..errors import Interrupted, TransferlabError
 from ..inference.metrics import compute_metrics, format_metrics
 from ..report.curves import plot_curves
@@ -69,6 +72,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
             done = checkpoint.epochs_done
             log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
         source, splits, audit_info = _splits(config)
+        folds = _folds(config, splits)  # refused now, before anything slow, when a class is too small
         path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
         if resume is None and path is not None:
             held.enter_context(RunLock(path))
@@ -79,17 +83,44 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
             checkpoint = Checkpoint(path)
         clf = ImageClassifier(**config.model_options(), progress=progress)
         try:
+            found = None
+            if config.lr == "find":  # the swept rate is the run's: in config.yaml before training starts
+                config, found = find_lr(config, splits, path, progress, world.size)
+                clf.set_params(lr=config.lr)
+            cv = cross_validate(clf, splits.train, folds) if folds else None
+            # --budget bounds the final fit as it would without --folds: the folds' time is not its.
+            fit_started = started + (cv["seconds"] if cv else 0.0)
             clf.fit(splits.train, val=splits.val,
-                    callbacks=[*_run_callbacks(config, path, checkpoint, splits, started), *callbacks])
+                    callbacks=[*_run_callbacks(config, path, checkpoint, splits, fit_started), *callbacks])
+            if found is not None:
+                clf.fit_info_["lr_find"] = found
             if not world.main:
                 return Run(None, {}, clf)
-            metrics = _write_results(path, clf, config, splits, audit_info, started)
+            metrics = _write_results(path, clf, config, splits, audit_info, started, cv)
         except BaseException as err:
             if world.main:
                 _after_failure(path, resume is not None, err)
             raise
     _report(metrics, splits, path)
     return Run(path, metrics, clf)
+
+
+def find_lr(config: RunConfig, splits: Splits, path: Path | None, progress: bool, ranks: int = 1
+            ) -> tuple[RunConfig, dict]:
+    """`--lr find`: the sweep on the training split; the run's config.yaml then records the rate
+    it suggests (so a resumed run trains with it, without sweeping again), and the run keeps the
+    plot as lr_find.png."""
+    if ranks > 1:
+        raise TransferlabError("--lr find under several processes would sweep each rank's shard apart: run "
+                               "`transferlab lr-find` first and pass its rate with --lr")
+    result = ImageClassifier(**config.model_options(), progress=progress).lr_find(splits.train)
+    config = replace(config, lr=result.suggestion)
+    if path is not None:
+        write_yaml(path / "config.yaml", config.to_dict())
+        result.plot(path / "lr_find.png")
+    log.info(f"lr find: training with --lr {result.suggestion:.3g} (" + ", ".join(
+        f"{k} {v:.3g}" for k, v in result.suggestions.items()) + ")")
+    return config, result.to_dict()
 
 
 def _run_callbacks(config: RunConfig, path: Path | None, checkpoint: Checkpoint | None, splits: Splits,
@@ -162,9 +193,11 @@ def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
 
 
 def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
-                   started: float) -> dict:
+                   started: float, cv: dict | None = None) -> dict:
     metrics, held_out = score_splits(clf, splits, config.tta)
     metrics["audit"] = audit_info
+    if cv is not None:
+        metrics["folds"] = cv
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     clf.write_model_files(path)
     write_history(path / "history.csv", clf.history_)
@@ -174,6 +207,48 @@ def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: 
     write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
     (path / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def _folds(config: RunConfig, splits: Splits) -> list[np.ndarray]:
+    """The validation indices (into train) of each cross-validation fold; none without --folds."""
+    if not config.folds:
+        return []
+    return stratified_folds(splits.train.labels, config.folds, config.seed, splits.train.classes)
+
+
+def cross_validate(clf: ImageClassifier, train: ImageSet, folds: list[np.ndarray]) -> dict:
+    """Fit a clone of `clf` per fold on train without that fold (choices made on images held back
+    from that part) and score it on the fold: how much the run's recipe varies with its training images, measured
+    on train alone, so the test split stays untouched.
+
+    The folds get none of the run's callbacks: they are no resumable part of the run (a resumed
+    run cross-validates again) and must not spend its budget; each fold's fit has its own
+    `budget`, as the estimator gives any fit (under auto, each fold makes auto's whole choice).
+    Their features come from the store the final fit reads too, so a features run computes each
+    image's once.
+    """
+    started = time.perf_counter()
+    every = np.arange(len(train))
+    accuracy, log_loss, computed = [], [], []
+    for k, held in enumerate(folds, 1):
+        log.info(f"fold {k}/{len(folds)}: training on {len(train) - len(held)} images, validating on {len(held)}")
+        # No val=: the fold scores a model that made its choices (C, early stopping) without it,
+        # on images held back from its own training part, so the fold's score is unbiased.
+        model = clone(clf).fit(train.subset(np.setdiff1d(every, held)))
+        part = train.subset(held)
+        proba, ok, _ = model.predict_proba_readable(part.images)
+        scores = compute_metrics(part.labels[ok], proba, model.class_names())
+        accuracy.append(scores["accuracy"])
+        log_loss.append(scores["log_loss"])
+        if hasattr(model, "feature_counts_"):
+            computed.append(model.feature_counts_["computed"])
+    mean, std = statistics.fmean(accuracy), statistics.stdev(accuracy)
+    log.info(f"{len(folds)}-fold cross-validation: val accuracy {mean:.4f} ± {std:.4f}")
+    cv = {"k": len(folds), "val_accuracy": accuracy, "val_log_loss": log_loss, "mean": mean, "std": std,
+          "seconds": round(time.perf_counter() - started, 2)}
+    if computed:
+        cv["features_computed"] = computed  # per fold: 0 after the first, whose store the others read
+    return cv
 
 
 def _report(metrics: dict, splits: Splits, path: Path) -> None:
