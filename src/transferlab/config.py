@@ -57,8 +57,9 @@ class FitOptions:
     resize: str = opt("crop", "how an image becomes the square input: crop (shorter side resized, centre "
                               "cropped: timm's ImageNet view) or squash (the whole image resized to it, aspect "
                               "not kept, nothing of a wide object cut off; auto tries both)", "model", RESIZE_MODES)
-    unfreeze: int | str = opt(1, "finetune, bilinear: how many last stages train in phase 2, or 'all' "
-                             "(`transferlab layers` shows the stages)", "model")
+    unfreeze: int | str | None = opt(None, "finetune, bilinear: how many last stages train in phase 2, or 'all' "
+                                    "(`transferlab layers` shows the stages; default 3 for finetune, 1 for "
+                                    "bilinear)", "model")
     reinit: int = opt(1, "reinit: how many last stages get fresh weights", "model")
     layer: str | None = opt(None, "bilinear (and features --pooling bilinear): the layer to tap, or two (A,B) "
                                   "for an asymmetric head; a module "
@@ -213,7 +214,7 @@ class RunConfig(FitOptions):
             bad("folds", "must be 0 (off) or at least 2")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", "is outside [0, 1)")
-        if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 1):
+        if self.unfreeze not in (None, "all") and not (isinstance(self.unfreeze, int) and self.unfreeze >= 1):
             bad("unfreeze", "is not a number of stages (1 or more) or 'all'")
         if self.name is not None and (not str(self.name).strip() or Path(str(self.name)).name != str(self.name)
                                       or str(self.name) in (".", "..")):
