@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +25,30 @@ def private_cache(tmp_path_factory):
     return path
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Any attempt to open an internet connection fails the test that made it."""
-    real_connect = socket.socket.connect
+    """Any attempt to open an internet connection fails the test that made it; this machine's
+    own loopback address (a server a test started) stays reachable."""
+    real_connect, real_create = socket.socket.connect, socket.create_connection
+
+    def refuse(address):
+        raise AssertionError(f"test tried to reach the network: {address}")
 
     def guarded(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            raise AssertionError(f"test tried to reach the network: {address}")
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+            refuse(address)
         return real_connect(sock, address)
 
+    def guarded_create(address, *args, **kwargs):
+        if address[0] not in LOOPBACK:
+            refuse(address)
+        return real_create(address, *args, **kwargs)
+
     monkeypatch.setattr(socket.socket, "connect", guarded)
-    monkeypatch.setattr(socket, "create_connection",
-                        lambda address, *a, **k: (_ for _ in ()).throw(
-                            AssertionError(f"test tried to reach the network: {address}")))
+    monkeypatch.setattr(socket, "create_connection", guarded_create)
 
 
 def _shared(name: str) -> Path:
@@ -88,3 +99,30 @@ def _colour_folder(root: Path, classes=("red", "blue"), per_class: int = 8, size
 def colour_folder():
     """Factory: colour_folder(root, classes=..., per_class=..., size=...) -> the folder."""
     return _colour_folder
+
+
+# ---------------------------------------------------------------------------- a real browser
+
+def _install_chromium() -> None:
+    install = ["apt-get", "install", "-y", "chromium"]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:  # a stale package list is the usual cause; refresh once and retry
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=600)
+        done = subprocess.run(install, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        pytest.fail("chromium is not installed and `apt-get install -y chromium` failed:\n"
+                    + done.stderr[-3000:])
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's path; installed with apt-get when missing, since this test must not skip."""
+    if shutil.which("chromium") is None:
+        try:
+            _install_chromium()
+        except (OSError, subprocess.TimeoutExpired) as error:
+            pytest.fail(f"chromium is not installed and installing it failed: {error}")
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail("chromium is still not on PATH after `apt-get install -y chromium`")
+    return path

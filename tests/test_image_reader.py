@@ -83,6 +83,20 @@ def test_exif_rotation_is_applied_on_the_fast_jpeg_draft_path_too(tmp_path):
     assert _close(arr[180, 50], BLUE, 40)
 
 
+def test_the_bytes_of_a_file_decode_exactly_as_the_file(tmp_path):
+    """An upload (the file's bytes in memory) takes the same path as the file on disk: EXIF
+    orientation, JPEG draft decoding, resizing; its failures are named by its size."""
+    path = _jpeg_with_orientation(tmp_path / "rot.jpg", _halves(800, 400, RED, BLUE), 6)
+    data = path.read_bytes()
+    for side in (None, 100, (64, 48)):
+        assert np.array_equal(decode(data, shorter_side=side), decode(path, shorter_side=side))
+    with pytest.raises(UnreadableImage) as err:
+        decode(data[: len(data) // 2], shorter_side=100)
+    assert err.value.reason == "truncated file" and err.value.source == f"<{len(data) // 2} bytes>"
+    with pytest.raises(UnreadableImage, match="not an image"):
+        decode(b"plain text")
+
+
 # ---------------------------------------------------------------- modes
 
 

@@ -3,7 +3,6 @@
 import base64
 import io
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
@@ -235,31 +234,6 @@ def test_comparison_report_without_chart(tmp_path):
 
 
 # ---------------------------------------------------------------------------- in a real browser
-
-def _install_chromium() -> None:
-    install = ["apt-get", "install", "-y", "chromium"]
-    done = subprocess.run(install, capture_output=True, text=True, timeout=1200)
-    if done.returncode != 0:  # a stale package list is the usual cause; refresh once and retry
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=600)
-        done = subprocess.run(install, capture_output=True, text=True, timeout=1200)
-    if done.returncode != 0:
-        pytest.fail("chromium is not installed and `apt-get install -y chromium` failed:\n"
-                    + done.stderr[-3000:])
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Chromium's path; installed with apt-get when missing, since this test must not skip."""
-    if shutil.which("chromium") is None:
-        try:
-            _install_chromium()
-        except (OSError, subprocess.TimeoutExpired) as error:
-            pytest.fail(f"chromium is not installed and installing it failed: {error}")
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("chromium is still not on PATH after `apt-get install -y chromium`")
-    return path
-
 
 def screenshot(chromium: str, page, out, profile, height: int) -> np.ndarray:
     command = [chromium, "--headless", "--no-sandbox", "--disable-background-networking",

@@ -11,7 +11,7 @@ _EXPORTS = {
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
     "layers": "api", "compare": "api", "lr_find": "api", "predict": "inference.predict",
-    "export": "inference.export", "read_metadata": "inference.export", "Callback": "training.callbacks",
+    "export": "inference.export", "read_metadata": "inference.export", "serve": "serving.server", "Callback": "training.callbacks",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -189,6 +189,38 @@ def export(args: argparse.Namespace, progress: bool) -> None:
           f"difference from PyTorch {result['max_abs_diff']:.2g} over {result['inputs_checked']} inputs")
 
 
+@command("serve", "serve a run over HTTP: /predict, /explain (Grad-CAM), /metadata, /health, a page at /",
+         description="An HTTP API and a page to try the run in a browser. POST /predict takes images as "
+                     "multipart files, JSON {\"images\": [base64, ...]} or an image/* body, with top_k and tta; "
+                     "POST /explain returns a Grad-CAM overlay PNG. Concurrent requests are batched.",
+         arguments=[arg("run", help=RUN),
+                    arg("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this "
+                        "machine only; 0.0.0.0 for every interface)"),
+                    arg("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"),
+                    arg("--workers", type=int, default=1, help="processes, each with its own copy of the model "
+                        "(default 1)"),
+                    arg("--onnx", action="store_true", help="run the network with onnxruntime on the run's "
+                        "ONNX export (exported and checked first if missing); Grad-CAM stays PyTorch"),
+                    arg("--batch-size", type=int, default=8, help="most images run through the network "
+                        "together (default 8; 1 turns batching off)"),
+                    arg("--batch-wait-ms", type=float, default=5.0, help="how long an image waits for others "
+                        "while more are arriving (default 5)"),
+                    arg("--max-files", type=int, default=16, help="images per request (default 16)"),
+                    arg("--max-mb", type=float, default=20.0, help="bytes per request, in MiB (default 20)"),
+                    arg("--max-pixels", type=int, default=40_000_000, help="pixels per image, read from its "
+                        "header before decoding (default 40000000)"),
+                    arg("--threads", type=int, help="threads of the network in each worker (default: the "
+                        "worker's share of the cores less one, left to decoding and HTTP)"),
+                    arg("--no-access-log", action="store_true", help="do not log each request")])
+def serve(args: argparse.Namespace, progress: bool) -> None:
+    from ..serving.server import serve as run_serve
+    from ..serving.uploads import Limits
+
+    limits = Limits(args.max_files, int(args.max_mb * 2**20), args.max_pixels)
+    run_serve(args.run, args.host, args.port, args.workers, args.onnx, args.batch_size, args.batch_wait_ms,
+              limits, access_log=not args.no_access_log, threads=args.threads)
+
+
 @command("explain", "Grad-CAM: where in each image the run saw the evidence for its class",
          description="Grad-CAM heatmaps over each image for the predicted class (or --class), saved as PNGs "
                      "and one grid; unreadable files are listed, not fatal.", arguments=[

@@ -8,6 +8,7 @@ a half-grey picture or a Pillow exception type nobody catches.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -51,7 +52,8 @@ def decode(source, shorter_side: int | tuple[int, int] | None = None, interpolat
            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return an (H, W, 3) uint8 C-contiguous array.
 
-    source: a path (str or pathlib.Path), a PIL.Image.Image, or a numpy array (H,W), (H,W,1),
+    source: a path (str or pathlib.Path), the bytes of an image file (an upload: decoded exactly as
+    the same file on disk would be), a PIL.Image.Image, or a numpy array (H,W), (H,W,1),
     (H,W,3) or (H,W,4) of any integer dtype or float (floats are taken as [0,1] and scaled by
     255, uint16 by 1/257, other integers clipped to [0,255]). Alpha is composited onto white
     and EXIF orientation is applied.
@@ -84,8 +86,12 @@ def decode(source, shorter_side: int | tuple[int, int] | None = None, interpolat
         path = os.fspath(source)
         return _guarded(path, max_pixels,
                         lambda: _from_file(path, shorter_side, resample, max_pixels))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = f"<{len(source)} bytes>"
+        return _guarded(name, max_pixels,
+                        lambda: _from_stream(name, io.BytesIO(source), shorter_side, resample, max_pixels))
     raise TypeError(
-        f"decode() takes a path, a PIL image or a numpy array, not {type(source).__name__}")
+        f"decode() takes a path, image bytes, a PIL image or a numpy array, not {type(source).__name__}")
 
 
 def _guarded(name: str, max_pixels: int, work) -> np.ndarray:
@@ -141,8 +147,13 @@ def _check_size(name: str, size: tuple[int, int], max_pixels: int, shorter_side:
 def _from_file(path: str, shorter_side, resample, max_pixels) -> np.ndarray:
     # Opening the file ourselves closes it on every path, whatever Image.open does when it
     # raises (its bomb check runs after it has opened the file), so no ResourceWarnings.
-    with open(path, "rb") as fp, Image.open(fp) as img:
-        _check_size(path, img.size, max_pixels, shorter_side)  # header only: nothing decoded yet
+    with open(path, "rb") as fp:
+        return _from_stream(path, fp, shorter_side, resample, max_pixels)
+
+
+def _from_stream(name: str, fp, shorter_side, resample, max_pixels) -> np.ndarray:
+    with Image.open(fp) as img:
+        _check_size(name, img.size, max_pixels, shorter_side)  # header only: nothing decoded yet
         full_size = img.size
         box = None
         # MPO is how Pillow opens many camera JPEGs (extra preview frames); same decoder.

@@ -1,0 +1,1 @@
+"""Serving a trained run over HTTP: `transferlab serve RUN` (an ASGI app, uvicorn, a page to try it)."""
