@@ -26,7 +26,7 @@ from .data.sources import load_source
 from .data.split import stratified_cut
 from .data.types import ImageRef, ImageSet
 from .errors import TransferlabError
-from .features.extract import Extracted, extract_features, extractor_key
+from .features.extract import Extracted, device_decoding, extract_features, extractor_key
 from .features.logistic import fit_logistic
 from .features.store import FeatureStore
 from .inference.probabilities import predict_pixels
@@ -346,13 +346,15 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     def _member_features(self, backbone: str, identity: str, network: Network, images: list[ImageRef],
                          desc: str, pooling: str | None = None) -> Extracted:
         cfg = self.config_
-        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling),
+        device = resolve_device(cfg.device)
+        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling,
+                             device_decoding(device, self.preprocess_)),
                cache_root(cfg.cache_dir) if cfg.feature_cache else None)
         stores = self.__dict__.setdefault("_stores", {})
         if key not in stores:
             stores[key] = FeatureStore.for_extractor(*key)
         return extract_features(network, images, self.preprocess_, stores[key], cfg.batch_size,
-                                progress=self.progress, desc=desc)
+                                progress=self.progress, desc=desc, device=device)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from ..models.preprocess import Preprocess
 
 DEFAULT_BUDGET_MB = int(os.environ.get("TRANSFERLAB_DECODE_CACHE_MB", "4096"))
+# Decoding threads: Pillow releases the GIL while it decodes and resizes, so threads scale with the
+# cores; a GPU's network needs many of them fed (2 was enough on a 2-core laptop, not on 16 cores).
+DECODE_WORKERS = max(2, min(16, os.cpu_count() or 2))
 
 
 class DecodedImages:
@@ -71,7 +74,7 @@ default_cache = DecodedImages()
 
 
 def iter_decoded(images: Sequence[ImageRef], shorter_side: int | tuple[int, int], interpolation: str,
-                 batch_size: int, cache: DecodedImages | None = None, workers: int = 2,
+                 batch_size: int, cache: DecodedImages | None = None, workers: int = DECODE_WORKERS,
                  ) -> Iterator[tuple[list[int], list[np.ndarray], list[UnreadableImage]]]:
     """Yield batches of (positions, pixels, failures) in order, decoding the next batch meanwhile.
 

@@ -14,6 +14,7 @@ import torch
 from ..common.progress import progress_bar
 from ..data.cache import DecodedImages, iter_decoded
 from ..data.decode import UnreadableImage
+from ..data.device_decode import decode_crops, supported
 from ..data.types import ImageRef
 from ..models.network import Network, to_batch
 from ..models.preprocess import Preprocess
@@ -21,10 +22,18 @@ from .store import FeatureStore
 
 log = logging.getLogger("transferlab")
 FEATURE_FORMAT = 1  # bump when the way features are computed changes, so old caches are not reused
+# Images per forward pass on a GPU: the frozen pass has no gradients to hold, and at 32 an H200
+# spends its time launching kernels.
+GPU_BATCH = 256
+
+
+def device_decoding(device: str, preprocess: Preprocess) -> bool:
+    """Whether the frozen pass on `device` decodes JPEGs there (data/device_decode.py)."""
+    return str(device).startswith("cuda") and supported(preprocess.interpolation)
 
 
 def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess, views: int = 1,
-                  pooling: str | None = None) -> str:
+                  pooling: str | None = None, device_decoder: bool = False) -> str:
     """Identifies what a feature vector depends on besides the image itself."""
     pre = preprocess.to_dict()
     if pre["resize"] == "crop":  # the keys of cropped features stay those of earlier versions
@@ -34,6 +43,8 @@ def extractor_key(backbone: str, weights_identity: str, preprocess: Preprocess, 
         described["views"] = views
     if pooling:  # bilinear:<tapped layer>; average-pooled keys stay as they were
         described["pooling"] = pooling
+    if device_decoder:  # other pixels (another decoder's rounding): features of their own
+        described["decoder"] = "torchvision"
     text = json.dumps(described, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
@@ -49,9 +60,10 @@ class Extracted:
 
 def extract_features(network: Network, images: list[ImageRef], preprocess: Preprocess,
                      store: FeatureStore, batch_size: int = 32, decoded: DecodedImages | None = None,
-                     progress: bool = True, desc: str = "features") -> Extracted:
+                     progress: bool = True, desc: str = "features", device: str = "cpu") -> Extracted:
     """Pooled backbone features for every readable image; only images missing from `store` are
-    decoded and run through the backbone (eval mode, inference mode, channels_last)."""
+    decoded and run through the backbone (eval mode, inference mode, channels_last) on `device`.
+    On a GPU, JPEGs are decoded there too (`device_decoding`), GPU_BATCH images at a time."""
     keys = [im.key for im in images]
     have = store.get_many(list(dict.fromkeys(keys)))
     todo = [i for i, k in enumerate(keys) if k not in have]
@@ -61,19 +73,47 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
         network.to(memory_format=torch.channels_last)
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         todo_images = [images[i] for i in todo]
+        network.to(device)
         with torch.inference_mode():
-            for positions, pixels, failed in iter_decoded(todo_images, preprocess.resize_size,
-                                                          preprocess.interpolation, batch_size, decoded):
+            for positions, batch, failed in _batches(todo_images, preprocess, batch_size, decoded, device):
                 failures += failed
-                if pixels:
-                    batch = to_batch([preprocess.center_crop(p) for p in pixels])
-                    vectors = network.features(batch).float().numpy()
+                if positions:
+                    vectors = network.features(batch).float().cpu().numpy()
                     new = {todo_images[p].key: v for p, v in zip(positions, vectors)}
                     store.put_many(new)
                     have.update(new)
                 bar.update(len(positions) + len(failed))
+        network.to("cpu")
         bar.close()
     ok = np.array([k in have for k in keys], dtype=bool)
     dim = next(iter(have.values())).shape[0] if have else 0
     feats = np.stack([have[k] for k in keys if k in have]) if ok.any() else np.zeros((0, dim), np.float32)
     return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo))
+
+
+def _batches(images: list[ImageRef], preprocess: Preprocess, batch_size: int, decoded: DecodedImages | None,
+             device: str):
+    """(positions, NCHW uint8 batch on `device`, failures): decoded on the CPU (the decoded-image
+    cache, threads one batch ahead), or, on a GPU, by the device decoder with the next batch's files
+    read and decoded while the current one runs."""
+    if not device_decoding(device, preprocess):
+        for positions, pixels, failed in iter_decoded(images, preprocess.resize_size, preprocess.interpolation,
+                                                      batch_size, decoded):
+            batch = to_batch([preprocess.center_crop(p) for p in pixels]) if pixels else None
+            if batch is not None and str(device).startswith("cuda"):  # pinned: the copy overlaps the next decode
+                batch = batch.pin_memory().to(device, non_blocking=True)
+            elif batch is not None and str(device) != "cpu":
+                batch = batch.to(device)
+            yield positions, batch, failed
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = max(batch_size, GPU_BATCH)
+    starts = list(range(0, len(images), size))
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = ahead.submit(decode_crops, images[:size], preprocess, device)
+        for k, start in enumerate(starts):
+            done = pending.result()
+            if k + 1 < len(starts):
+                pending = ahead.submit(decode_crops, images[starts[k + 1]:starts[k + 1] + size], preprocess, device)
+            yield [start + p for p in done.positions], done.pixels, done.failures
