@@ -1,6 +1,7 @@
 """`transferlab serve RUN`: a real server on a free localhost port answers like `transferlab
 predict`, refuses bad uploads with a 4xx and goes on serving, batches concurrent requests, serves
-the ONNX export, and its page classifies and explains a photo in a real browser."""
+the ONNX export, stops on Ctrl-C in one line, and its page classifies and explains a photo in a
+real browser."""
 
 import base64
 import io
@@ -52,7 +53,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "transferlab", "-q", "serve", str(run), "--port", "0", "--no-access-log",
              *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         self.log: list[str] = []
         deadline = time.monotonic() + START_TIMEOUT_S
         self.url = None
@@ -78,12 +79,13 @@ class Server:
             time.sleep(0.2)
 
     def stop(self) -> str:
+        """Ctrl-C, as a terminal sends it (SIGINT to the server's whole process group): the log."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         rest = self.process.stdout.read()
         self.process.stdout.close()
@@ -153,14 +155,27 @@ def test_bad_uploads_get_a_4xx_naming_the_problem_and_the_server_goes_on(server,
         (dict(files=[("file", ("empty.jpg", b"", "image/jpeg"))]), 422, "'empty.jpg' is empty"),
         (dict(files=[("file", ("huge.png", big.getvalue(), "image/png"))]), 413, "'huge.png': decompression bomb"),
         (dict(files=[("file", ("junk.bin", os.urandom(3 * 2**20), "image/jpeg"))]), 413, "--max-mb"),
-        (dict(files=files_part(photos[:5])), 413, "at most 4"),
+        (dict(files=files_part(photos[:5])), 413, "5 images in one request: at most 4 (the server's --max-files)"),
+        (dict(files=files_part(photos[:7])), 413, "7 images in one request: at most 4 (the server's --max-files)"),
+        (dict(files=[("file", (f"{k}.jpg", b"x")) for k in range(40)]), 413, "40 images in one request: at most"),
         (dict(files=files_part(photos[:1]), params={"topk": 2}), 400, "unknown parameter 'topk' (did you mean 'top_k'?)"),
-        (dict(files=files_part(photos[:1]), params={"top_k": 0}), 400, "top_k=0 is outside 1..2"),
+        (dict(files=files_part(photos[:1]), params={"top_k": 0}), 400, "top_k=0 must be at least 1"),
+        (dict(files=files_part(photos[:1]), params=[("top_k", 1), ("top_k", 2)]), 400, "top_k is given twice"),
+        (dict(files=files_part(photos[:1]), data={"top_k": ["1", "2"]}), 400, "top_k is given twice"),
+        (dict(files=files_part(photos[:1]), data={"tta": "true"}, params={"tta": "false"}), 400,
+         "tta is given twice"),
+        (dict(content=b'{"images": [], "top_k": 1, "top_k": 2}', headers={"content-type": "application/json"}),
+         400, "top_k is given twice"),
         (dict(files=files_part(photos[:1]), params={"tta": "maybe"}), 400, "tta='maybe' is not a boolean"),
         (dict(json={"images": ["%%% not base64"]}), 400, "images[0]: not valid base64"),
+        (dict(json={"images": 5}), 400, "\"images\" must be a list of base64 strings or of {\"name\", \"data\"} "
+                                        "objects, not a number"),
+        (dict(json={"images": {}}), 400, "\"images\" must be a list of base64 strings"),
         (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
         (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "content type 'text/plain'"),
         (dict(data={"top_k": "1"}), 400, "no image in the request"),
+        (dict(content=b"no parts here", headers={"content-type": "multipart/form-data; boundary=x"}), 400,
+         "the multipart body could not be read"),
     ]
     for request, status, message in cases:
         reply = server.client.post("/predict", **request)
@@ -174,6 +189,21 @@ def test_bad_uploads_get_a_4xx_naming_the_problem_and_the_server_goes_on(server,
     assert reply.status_code == 200 and reply.json()["predictions"][0]["top"][0]["class"] in ("ants", "bees")
     health = server.client.get("/health").json()
     assert health["status"] == "ok" and health["errors"] >= len(cases)
+
+
+def test_top_k_is_clamped_to_the_classes_in_predict_and_serve(server, run, photos, capsys):
+    from transferlab.cli import main
+
+    reply = server.client.post("/predict", files=files_part(photos[:1]), params={"top_k": 10000})
+    assert reply.status_code == 200, reply.text
+    assert [len(p["top"]) for p in reply.json()["predictions"]] == [2]  # both classes, as a pipeline's top_k
+    reply = server.client.post("/predict", files=files_part(photos[:1]), params={"top_k": -3})
+    assert reply.status_code == 400 and reply.json()["error"].startswith("top_k=-3 must be at least 1")
+    assert main(["-q", "predict", str(run), str(photos[0]), "--top-k", "50", "--format", "json"]) == 0
+    assert [len(p["top"]) for p in json.loads(capsys.readouterr().out)["predictions"]] == [2]
+    assert main(["-q", "predict", str(run), str(photos[0]), "--top-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --top-k 0 must be at least 1") and err.count("\n") == 1, err
 
 
 def test_concurrent_requests_are_batched_and_answered_alike(server, photos):
@@ -229,7 +259,29 @@ def test_metadata_describes_the_run(server, run):
         assert reply.status_code == 200 and "https://" not in reply.text
 
 
-def test_onnx_serving_in_two_workers_agrees_with_pytorch(server, run, photos):
+NOT_MULTIPART = dict(content=b"no parts here", headers={"content-type": "multipart/form-data; boundary=x"})
+
+
+def assert_stopped_by_ctrl_c(server: Server, log: str, line: str):
+    """Ctrl-C is how a server is stopped: exit 0 and one line saying so, and no parser noise
+    from the bad multipart body it was sent."""
+    assert server.process.returncode == 0, log
+    assert [s for s in log.splitlines() if s.startswith("serve: stopped")] == [line], log
+    assert "interrupted" not in log and "Traceback" not in log and "boundary" not in log.lower(), log
+
+
+def test_ctrl_c_stops_the_server_in_one_line(run, photos):
+    alone = Server(run)
+    try:
+        assert alone.client.post("/predict", **NOT_MULTIPART).status_code == 400
+        assert alone.client.post("/predict", files=files_part(photos[:1])).status_code == 200
+    finally:
+        alone.client.close()
+        log = alone.stop()
+    assert_stopped_by_ctrl_c(alone, log, "serve: stopped (2 requests served)")
+
+
+def test_onnx_serving_in_two_workers_agrees_with_pytorch_and_stops_on_ctrl_c(server, run, photos):
     onnx = Server(run, "--onnx", "--workers", "2")
     try:
         assert (run / "model.onnx").is_file()  # exported (and checked) once, before the workers start
@@ -249,9 +301,11 @@ def test_onnx_serving_in_two_workers_agrees_with_pytorch(server, run, photos):
         assert len(pids) == 2  # both workers answered, each with its own model
         assert onnx.client.get("/metadata").json()["engine"] == "onnx"
         assert onnx.client.post("/explain", files=files_part(photos[:1])).status_code == 200
+        assert onnx.client.post("/predict", **NOT_MULTIPART).status_code == 400
     finally:
         onnx.client.close()
-        onnx.stop()
+        log = onnx.stop()
+    assert_stopped_by_ctrl_c(onnx, log, "serve: stopped (2 workers)")
 
 
 def test_bad_options_fail_in_one_line_before_loading(run, tmp_path, capsys):
@@ -316,6 +370,9 @@ def test_a_fitted_classifier_is_served_in_process_without_reloading(run, photos)
     want = {p.name: row for p, row in zip(photos[:3], clf.predict_proba([str(p) for p in photos[:3]]))}
     with TestClient(create_app(clf)) as client:
         assert client.get("/metadata").json()["run"] == "ImageClassifier"
+        reply = client.post("/predict", files=[("file", (f"{k}.jpg", b"x")) for k in range(20)])
+        assert reply.status_code == 413  # the default limit, counted past Starlette's own
+        assert reply.json()["error"].startswith("20 images in one request: at most 16 (the server's --max-files)")
         for _ in range(2):
             reply = client.post("/predict", files=files_part(photos[:3]))
             assert reply.status_code == 200

@@ -22,19 +22,27 @@ FORMATS = ("table", "csv", "json")
 def predict(run: str | Path, paths: list[str], top_k: int = 3, tta: bool = False,
             batch_size: int = 32, progress: bool = True) -> dict:
     """{"predictions": [{"path", "top": [{"class", "probability"}, ...]}], "unreadable": [...]}."""
-    if top_k < 1:
-        raise TransferlabError(f"--top-k {top_k} must be at least 1")
+    top_classes(top_k, 1, f"--top-k {top_k}")  # refused before the run loads
     model = saved.load(run)
+    k = top_classes(top_k, len(model.classes), f"--top-k {top_k}")
     files = gather_files(paths)
     refs = [ImageRef.from_file(f) for f in files]
     proba, ok, failures = predict_pixels(model.network, refs, model.preprocess, batch_size, "cpu", progress, tta)
-    k = min(top_k, len(model.classes))
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     readable = [f for f, good in zip(files, ok) if good]
     predictions = [{"path": str(f), "top": [{"class": model.classes[j], "probability": float(p[j])} for j in idx]}
                    for f, p, idx in zip(readable, proba, order)]
     return {"run": str(run), "tta": tta, "predictions": predictions,
             "unreadable": [str(f) for f in failures]}
+
+
+def top_classes(top_k: int, classes: int, given: str) -> int:
+    """How many classes to show per image, the one rule of `predict` and `serve`: more than the run
+    has shows them all (as Hugging Face pipelines treat top_k); below 1 is refused in one line
+    naming `given`, the option or parameter as the user wrote it."""
+    if top_k < 1:
+        raise TransferlabError(f"{given} must be at least 1 (any number above the classes shows them all)")
+    return min(top_k, classes)
 
 
 def render(result: dict, fmt: str) -> str:

@@ -24,13 +24,15 @@ from starlette.staticfiles import StaticFiles
 
 from ..data.decode import UnreadableImage
 from ..errors import TransferlabError
+from ..inference.predict import top_classes
 from .batcher import Batcher
 from .model import ServedModel
 from .uploads import Limits, RequestError, bool_param, number_param, read_upload
 
 log = logging.getLogger("transferlab")
 
-PREDICT_PARAMS = {"top_k": "classes per image, default 5", "tta": "true to average ten views"}
+PREDICT_PARAMS = {"top_k": "classes per image, default 5 (more than the run has: all of them)",
+                  "tta": "true to average ten views"}
 EXPLAIN_PARAMS = {"class": "explain this class instead of the predicted one",
                   "layer": "the layer to explain (see `transferlab layers`)",
                   "alpha": "heatmap opacity 0..1, default 0.45"}
@@ -67,7 +69,7 @@ def create_app(model, limits: Limits | None = None, batch_size: int = 8, wait_ms
     async def predict(request: Request) -> Response:
         counts["requests"] += 1
         upload = await read_upload(request, limits, PREDICT_PARAMS)
-        top_k = number_param(upload.params, "top_k", min(5, len(model.classes)), 1, len(model.classes))
+        top_k = top_k_param(upload.params, len(model.classes))
         tta = bool_param(upload.params, "tta")
         n = len(upload.images)
         if n > IN_FLIGHT_IMAGES:
@@ -146,9 +148,20 @@ def create_app(model, limits: Limits | None = None, batch_size: int = 8, wait_ms
     routes = [Route("/", page), Route("/predict", predict, methods=["POST"]),
               Route("/explain", explain, methods=["POST"]), Route("/metadata", metadata),
               Route("/health", health), Mount("/static", static)]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={RequestError: request_error, HTTPException: http_error,
-                                         Exception: server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={RequestError: request_error, HTTPException: http_error,
+                                        Exception: server_error})
+    app.state.counts = counts  # what `transferlab serve` reports once stopped
+    return app
+
+
+def top_k_param(params: dict, classes: int) -> int:
+    """top_k as `transferlab predict` takes --top-k: clamped to the classes, refused below 1."""
+    top_k = number_param(params, "top_k", 5)
+    try:
+        return top_classes(top_k, classes, f"top_k={top_k}")
+    except TransferlabError as err:
+        raise RequestError(400, str(err)) from None
 
 
 def unreadable(name: str, err: UnreadableImage) -> RequestError:

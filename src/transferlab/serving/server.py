@@ -90,7 +90,12 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, onnx
     if workers == 1:
         app = create_app(model, limits, batch_size, wait_ms)
         config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a server stops: uvicorn finished the requests in flight, then raised it
+        served = app.state.counts["requests"]
+        print(f"serve: stopped ({served} request{'' if served == 1 else 's'} served)", flush=True)
         return
     del model
     sock.close()  # the supervisor binds the same address again for its workers
@@ -99,6 +104,8 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, onnx
         "limits": limits.to_dict()})
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=bound, workers=workers,
                 log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
+    # The supervisor returns once its workers, told to stop, have finished their requests in flight.
+    print(f"serve: stopped ({workers} workers)", flush=True)
 
 
 def app_from_environment():

@@ -4,15 +4,23 @@ every problem a RequestError with the HTTP status and a message naming it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import difflib
 import json
+import logging
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+
+# python-multipart logs a warning for every malformed body it is given: the client's mistake, which
+# its 400 answer already names; in the server's log it is noise that any client could flood.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 class RequestError(Exception):
@@ -41,7 +49,9 @@ class Upload:
 async def read_upload(request: Request, limits: Limits, known: dict[str, str]) -> Upload:
     """The request's images and parameters. `known` maps each parameter name to its help."""
     body = await _bounded_body(request, limits.max_bytes)
-    upload = Upload(params=dict(request.query_params))
+    upload = Upload()
+    for key, value in request.query_params.multi_items():
+        _add_param(upload, key, value)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         await _read_form(request, body, limits, upload)
@@ -63,8 +73,7 @@ async def read_upload(request: Request, limits: Limits, known: dict[str, str]) -
         raise RequestError(400, "no image in the request: send files as multipart/form-data, "
                                 "JSON {\"images\": [base64, ...]}, or an image/* body")
     if len(upload.images) > limits.max_files:
-        raise RequestError(413, f"{len(upload.images)} images in one request: at most {limits.max_files} "
-                                "(the server's --max-files); split them over several requests")
+        raise _too_many(len(upload.images), limits)
     for name, data in upload.images:
         if not data:
             raise RequestError(422, f"'{name}' is empty (0 bytes): send the image file's contents")
@@ -86,35 +95,89 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _too_many(n: int, limits: Limits) -> RequestError:
+    return RequestError(413, f"{n} images in one request: at most {limits.max_files} (the server's --max-files); "
+                             "split them over several requests")
+
+
+def _add_param(upload: Upload, key: str, value: str) -> None:
+    if key in upload.params:  # which of the two was meant cannot be known: never pick one
+        raise RequestError(400, f"{key} is given twice: give each parameter once (in the query, the form or "
+                                "the JSON body)")
+    upload.params[key] = value
+
+
 async def _read_form(request: Request, body: bytes, limits: Limits, upload: Upload) -> None:
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
+    # Without "app" in its scope, Starlette leaves the parser's error to us instead of answering
+    # 400 with its own message; its file limit stops the parse at the first file past ours.
+    scope = {k: v for k, v in request.scope.items() if k != "app"}
     try:
-        form = await Request(request.scope, replay).form(max_files=limits.max_files + 1, max_fields=100)
+        form = await Request(scope, replay).form(max_files=limits.max_files, max_fields=100)
     except MultiPartException as err:
-        raise RequestError(400 if "Too many" not in str(err) else 413, f"multipart body: {err}") from None
+        # Off the event loop: a 20 MiB body of empty files takes seconds to count.
+        files = await asyncio.to_thread(_count_files, request.headers.get("content-type", ""), body)
+        if files > limits.max_files:
+            raise _too_many(files, limits) from None
+        raise RequestError(400, f"the multipart body could not be read ({err.message.rstrip('.')}): send "
+                                "images as multipart/form-data files (curl -F file=@photo.jpg)") from None
     try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 upload.images.append((value.filename or key, await value.read()))
             else:
-                upload.params[key] = value
+                _add_param(upload, key, value)
     finally:
         await form.close()
 
 
+def _count_files(content_type: str, body: bytes) -> int:
+    """The file parts of a multipart body, from their headers alone: nothing is kept, so a body of
+    thousands of tiny files costs no memory (Starlette makes a temporary file of each one it
+    reads). Parts after a malformed one are not counted."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        return 0
+    files, name, value = 0, bytearray(), bytearray()
+
+    def header_end():
+        nonlocal files
+        if name.lower() == b"content-disposition" and b"filename" in parse_options_header(bytes(value))[1]:
+            files += 1  # what makes Starlette read a part as a file
+        name.clear()
+        value.clear()
+
+    parser = MultipartParser(boundary, {"on_header_field": lambda data, start, end: name.extend(data[start:end]),
+                                        "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+                                        "on_header_end": header_end})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        pass
+    return files
+
+
+JSON_KINDS = {dict: "an object", bool: "true or false", int: "a number", float: "a number", type(None): "null"}
+
+
 def _read_json(body: bytes, upload: Upload) -> None:
     try:
-        document = json.loads(body or b"null")
+        document = json.loads(body or b"null", object_pairs_hook=_unique_keys)
     except ValueError as err:
         raise RequestError(400, f"the body is not valid JSON ({err})") from None
     if not isinstance(document, dict) or "images" not in document:
         raise RequestError(400, "a JSON body must be an object with \"images\": a list of base64 strings "
                                 "or of {\"name\", \"data\"} objects")
     images = document.pop("images")
+    if isinstance(images, str):
+        images = [images]  # one image needs no list
     if not isinstance(images, list):
-        images = [images]
+        raise RequestError(400, "\"images\" must be a list of base64 strings or of {\"name\", \"data\"} objects, "
+                                f"not {JSON_KINDS.get(type(images), type(images).__name__)}: send "
+                                "{\"images\": [\"<base64>\", ...]}")
     for k, item in enumerate(images):
         name, data = f"images[{k}]", item
         if isinstance(item, dict):
@@ -128,13 +191,23 @@ def _read_json(body: bytes, upload: Upload) -> None:
         except (binascii.Error, ValueError):
             raise RequestError(400, f"{name}: not valid base64") from None
     for key, value in document.items():
-        upload.params[key] = value if isinstance(value, str) else json.dumps(value)
+        _add_param(upload, key, value if isinstance(value, str) else json.dumps(value))
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refused when a key is given twice (json keeps the last one silently)."""
+    document = {}
+    for key, value in pairs:
+        if key in document:
+            raise RequestError(400, f"{key} is given twice in the JSON body: give each key once")
+        document[key] = value
+    return document
 
 
 # -- parameters ------------------------------------------------------------------------------
 
-def number_param(params: dict, name: str, default, low, high, kind: type = int):
-    """`params[name]` as an int (or float) in low..high, else a 400 naming it."""
+def number_param(params: dict, name: str, default, low=None, high=None, kind: type = int):
+    """`params[name]` as an int (or float) in low..high (None: unbounded), else a 400 naming it."""
     if name not in params:
         return default
     try:
@@ -142,7 +215,7 @@ def number_param(params: dict, name: str, default, low, high, kind: type = int):
     except (TypeError, ValueError):
         raise RequestError(400, f"{name}={params[name]!r} is not {'an integer' if kind is int else 'a number'}"
                            ) from None
-    if not low <= value <= high:
+    if (low is not None and value < low) or (high is not None and value > high):
         raise RequestError(400, f"{name}={value} is outside {low}..{high}")
     return value
 
