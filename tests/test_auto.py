@@ -2,6 +2,7 @@
 alone, one run written for the winner, every candidate reported."""
 
 import csv
+import json
 import random
 import time
 
@@ -143,3 +144,71 @@ def test_fine_grained_classes_get_bilinear_pooling_at_twice_the_size_when_it_won
     assert not any(name.endswith(" px") for name in few) and "bilinear" not in few
     lost = _order(many, lambda options: 0.5 if options.get("pooling") == "bilinear" else 0.6)
     assert not any(name.endswith(" px") for name in lost)
+
+
+class _Sized:
+    """Labels and a length: what choose() reads of a split."""
+
+    def __init__(self, labels):
+        self.labels = np.asarray(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class _Slow(_Fake):
+    def fit(self, train, val=None, callbacks=()):
+        time.sleep(0.2)
+        return self
+
+
+def test_a_candidate_starts_only_when_scoring_the_held_out_images_after_it_still_fits():
+    """The run ends by scoring its held-out images with the winner: a candidate that would leave no
+    time for that is skipped, even though its own fit would fit."""
+    from transferlab.selection import auto
+
+    train, val = _Sized(np.repeat([0, 1], 10)), _Sized([0, 1] * 3)
+
+    def statuses(scored_images):
+        _, candidates, _ = auto.choose(lambda options: _Slow(options, lambda o: 0.7), train, val, None,
+                                       time.perf_counter() + 3.0, lambda model, val: (0.7, 0.5),
+                                       scored_images=scored_images)
+        return {c.name: c.status for c in candidates}
+
+    plenty = statuses(0)
+    assert plenty["features tf_efficientnet_lite1"] == "ok"
+    # 20 times the images of the measured pass: scoring them with Lite1 needs about 6 s.
+    crowded = statuses(20 * (len(train) + len(val)))
+    assert crowded["features tf_efficientnet_lite0"] == "ok"  # the first always runs
+    assert crowded["features tf_efficientnet_lite1"].startswith("skipped: needs about")
+
+
+class _CtrlC(transferlab.Callback):
+    """Ctrl-C as the second epoch of the first network that trains begins (after the first
+    epoch's checkpoint)."""
+
+    def on_epoch_begin(self, trainer):
+        if trainer.history:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hymenoptera, tmp_path, caplog):
+    options = dict(OPTIONS, backbone="tf_efficientnet_lite0", budget=30, epochs=2, head_epochs=2)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        transferlab.train(_csv(hymenoptera, tmp_path / "data.csv"), out=tmp_path / "runs", name="auto",
+                          callbacks=[_CtrlC()], **options)
+    run = tmp_path / "runs" / "auto"
+    assert f"transferlab train --resume {run}" in str(stopped.value)
+    kept = json.loads((run / "auto" / "candidates.json").read_text())["candidates"]
+    assert len(kept) == 3 and all(row["options"]["strategy"] == "features" for row in kept.values())
+    assert {"features tf_efficientnet_lite0", "features tf_efficientnet_lite0 squash"} <= set(kept)
+    assert (run / "auto" / "finetune-tf_efficientnet_lite0-training" / "checkpoint.pt").is_file()
+    with caplog.at_level("INFO", logger="transferlab"):
+        resumed = transferlab.train(resume=run, progress=False)
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("kept from before the interruption" in line for line in said) == 3
+    rows = {r["candidate"]: r for r in resumed.metrics["fit"]["auto"]["candidates"]}
+    for name, row in kept.items():  # the finished ones were not fitted again
+        assert (rows[name]["val_accuracy"], rows[name]["seconds"]) == (row["val_accuracy"], row["seconds"])
+    assert rows["finetune tf_efficientnet_lite0"]["status"] == "ok"
+    assert not (run / "auto").exists() and (run / "metrics.json").is_file()

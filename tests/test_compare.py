@@ -68,6 +68,11 @@ def test_a_failing_config_is_reported_and_the_others_complete(colour_folder, tmp
     ("grid: {lr: 0.1}\n", "'grid' must map each key to a non-empty list"),
     ("base: {lr: 0.1}\n", "must be a mapping with 'base'"),
     ("grid: {seed: [1, 2]}\n", "'seed' is set by compare itself"),
+    # an empty list of configs is no config, not the default once per seed
+    ("configs: []\n", "'configs' is empty: list at least one option mapping"),
+    ("configs:\n", "'configs' is empty: list at least one option mapping"),
+    ("grid: {lr: [0.1]}\nconfigs: []\n", "'configs' is empty"),
+    ("grid: {}\n", "'grid' is empty: map at least one key"),
 ])
 def test_bad_grids_are_refused_before_anything_runs(tmp_path, text, message):
     with pytest.raises(TransferlabError, match=re.escape(message)):

@@ -4,6 +4,7 @@ one writer at a time, and odd input (thin strips, one class, loose files) is han
 arises. One test per defect a hostile but realistic user found."""
 
 import contextlib
+import csv
 import os
 import shutil
 import stat
@@ -355,3 +356,139 @@ def test_a_csv_with_only_its_header_says_so(tmp_path, capsys):
     csv.write_text("path,label\n")
     assert main(["train", str(csv)]) == 2
     one_line_error(capsys, "labels.csv' has a header but no rows")
+
+
+# 13 -----------------------------------------------------------------------------------------------
+# Second round: a hostile user's findings on audit, compare, one-class fits, empty predictions and
+# the smaller options.
+
+def test_audit_refuses_other_data_for_a_run_and_still_audits_its_own(run, data, colour_folder, tmp_path, capsys):
+    other = colour_folder(tmp_path / "small", per_class=6)
+    report = (run / "report.html").read_text()
+    assert main(["audit", str(other), "--run", str(run), "--no-near", "--out", str(tmp_path / "a")]) == 2
+    one_line_error(capsys, "--run", str(other), str(data), "drop DATA")
+    assert not (run / "audit.json").exists() and (run / "report.html").read_text() == report
+    assert not (tmp_path / "a").exists()  # refused before any work
+    # its own data, given or not (a relative path to the same folder is the same data)
+    assert main(["-q", "audit", os.path.relpath(data), "--run", str(run), "--no-near",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert main(["-q", "audit", "--run", str(run), "--no-near", "--out", str(tmp_path / "c")]) == 0
+    assert yaml.safe_load((run / "audit.json").read_text())["data"] == str(data)
+
+
+def test_a_one_class_fit_is_refused_by_the_api_as_by_the_cli(data, tmp_path, capsys):
+    reds = [str(p) for p in sorted((data / "red").glob("*.png"))]
+    options = dict(strategy="features", backbone="mobilenetv2_050", weights="none", image_size=32, progress=False)
+    needles = ("found only 1 class ('red')", "a classifier needs at least 2 classes")
+    for X, y in ((reds, ["red"] * len(reds)), (transferlab.load_source(data).images.subset(range(10, 20)), None)):
+        with pytest.raises(transferlab.TransferlabError) as err:
+            transferlab.ImageClassifier(**options).fit(X, y)
+        assert all(n in str(err.value) for n in needles) and "\n" not in str(err.value), err.value
+    only_red = shutil.copytree(data / "red", tmp_path / "reds" / "red")
+    assert main(["train", str(only_red.parent), "--out", str(tmp_path / "runs"), *FAST]) == 2
+    one_line_error(capsys, *needles)
+
+
+def test_compare_refuses_bad_folds_before_any_run_and_fails_when_every_config_failed(data, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from transferlab.workflows import compare as comparing
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"backbone": "mobilenetv2_050", "weights": "none", "image_size": 32},
+                                    "configs": [{"strategy": "features"}, {"strategy": "features", "head": "mlp:8"}]}))
+    out = tmp_path / "c"
+    assert main(["compare", str(data), "--grid", str(grid), "--folds", "50", "--out", str(out)]) == 2
+    one_line_error(capsys, "--folds 50", "class 'blue' has only")
+    assert not out.exists() or not list(out.rglob("config.yaml"))  # no run started
+
+    def broken(*args, **kwargs):
+        raise transferlab.TransferlabError("the disk ate it")
+
+    monkeypatch.setattr(comparing, "train", broken)
+    assert main(["compare", str(data), "--grid", str(grid), "--seeds", "1", "--out", str(out)]) == 2
+    err = one_line_error(capsys, "no config", "comparison.csv")
+    rows = list(csv.DictReader(next(out.glob("*/comparison.csv")).open()))
+    assert [r["status"] for r in rows] == ["failed", "failed"] and all("the disk ate it" in r["error"] for r in rows)
+    assert "the disk ate it" in err
+
+
+def test_an_out_folder_that_is_a_file_is_one_line(run, data, tmp_path, capsys):
+    keep = tmp_path / "keep.csv"
+    keep.write_text("keep me")
+    assert main(["explain", str(run), probe(tmp_path), "--out", str(keep)]) == 2
+    one_line_error(capsys, "--out", "keep.csv", "is a file", "folder")
+    assert main(["audit", str(data), "--out", str(keep), "--no-near"]) == 2
+    one_line_error(capsys, "--out", "keep.csv", "is a file", "folder")
+    assert main(["audit", str(data), "--out", str(keep / "inside"), "--no-near"]) == 2
+    one_line_error(capsys, "--out", "keep.csv", "is a file", "folder")
+    assert keep.read_text() == "keep me"
+
+
+def test_nothing_to_score_on_is_refused_before_a_run_folder_exists(data, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", str(data), "--out", str(runs), *FAST, "--test-fraction", "0", "--val-fraction", "0"]) == 2
+    one_line_error(capsys, "--test-fraction 0", "nothing to score")
+    assert main(["train", str(data), "--out", str(runs), *FAST, "--strategy", "auto", "--test-fraction", "0"]) == 2
+    one_line_error(capsys, "--test-fraction 0", "nothing to score", "auto")
+    assert not runs.exists() or not list(runs.iterdir())
+    # data that brings its own test split needs no fraction (its own val/ too: no C tuned by
+    # cross-validation, which takes seconds on random features)
+    split = tmp_path / "split"
+    for part, k in (("train", slice(0, 6)), ("val", slice(6, 8)), ("test", slice(8, 10))):
+        for cls in ("red", "blue"):
+            (split / part / cls).mkdir(parents=True)
+            for f in sorted((data / cls).glob("*.png"))[k]:
+                shutil.copy(f, split / part / cls / f.name)
+    assert main(["-q", "train", str(split), "--out", str(runs), "--name", "s", *FAST,
+                 "--test-fraction", "0", "--val-fraction", "0"]) == 0
+    assert yaml.safe_load((runs / "s" / "metrics.json").read_text())["score_split"] == "test"
+
+
+def test_predicting_nothing_or_only_missing_files(finished, tmp_path):
+    clf = transferlab.ImageClassifier.load(finished)
+    for tta in (False, True):  # cached features, then the network over pixels
+        assert clf.predict([], tta=tta).shape == (0,)
+        assert clf.predict_proba([], tta=tta).shape == (0, 2)
+        with pytest.raises(transferlab.TransferlabError, match="cannot read 1 image.*nope.jpg: file not found"):
+            clf.predict([str(tmp_path / "nope.jpg")], tta=tta)
+        with pytest.raises(transferlab.TransferlabError, match="cannot read 1 image.*nope.jpg: file not found"):
+            clf.predict_proba([str(tmp_path / "nope.jpg")], tta=tta)
+
+
+@pytest.mark.parametrize("options, needles", [
+    (["--strategy", "finetune", "--unfreeze-schedule", ",,"], ("--unfreeze-schedule ',,'", "empty entry")),
+    (["--strategy", "finetune", "--unfreeze-schedule", "1,,2"], ("--unfreeze-schedule '1,,2'", "empty entry")),
+    (["--ema", "0.99"], ("--ema 0.99", "logistic regression", "--head mlp")),
+    (["--backbone", "mobilenetv2_050,mobilenetv2_050"], ("--backbone", "'mobilenetv2_050' twice")),
+])
+def test_options_that_would_do_nothing_or_the_wrong_thing_are_refused(options, needles, data, tmp_path, capsys):
+    assert main(["train", str(data), "--out", str(tmp_path / "runs"), *FAST, *options]) == 2
+    one_line_error(capsys, *needles)
+    assert not (tmp_path / "runs").exists()  # refused as options, before the data loads
+
+
+def test_ema_is_accepted_where_a_head_trains_by_gradient():
+    from transferlab.config import RunConfig
+
+    RunConfig.from_dict({"strategy": "features", "head": "mlp:16", "ema": 0.99}).refuse_unused()
+    RunConfig.from_dict({"strategy": "frozen", "ema": 0.99}).refuse_unused()
+    RunConfig.from_dict({"strategy": "auto", "ema": 0.99}).refuse_unused()  # its trained candidates use it
+
+
+def test_an_unfreeze_schedule_beyond_the_stages_names_the_schedule_and_its_entry(data, tmp_path, capsys):
+    assert main(["train", str(data), "--out", str(tmp_path / "runs"), *FINETUNE, "--unfreeze-schedule", "1,99"]) == 2
+    err = one_line_error(capsys, "--unfreeze-schedule '1,99'", "entry 99", "stages")
+    assert "--unfreeze 99" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("text, line, count", [
+    ("path,label\n{a},red\n{b},blue,extra\n", 3, 3),
+    ("path,label,split\n{a},red,train\n{b},blue,train,oops\n", 3, 4),
+    ("{a},red\n{b},blue,test\n", 2, 3),
+])
+def test_a_csv_row_with_too_many_columns_names_its_line(text, line, count, data, tmp_path, capsys):
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(text.format(a=data / "red" / "0.png", b=data / "blue" / "0.png"))
+    assert main(["train", str(csv_file)]) == 2
+    one_line_error(capsys, f"labels.csv' line {line} has {count} columns", "too many", "comma")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -17,12 +18,12 @@ from torch import nn
 from PIL import Image
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .common.atomic import atomic_dir
+from .common.atomic import atomic_dir, write_json
 from .common.paths import cache_root
 from .config import FitOptions, RunConfig
 from .data.cache import readable
 from .data.decode import UnreadableImage, decode
-from .data.sources import load_source
+from .data.sources import check_classes, load_source
 from .data.split import stratified_cut
 from .data.types import ImageRef, ImageSet
 from .errors import TransferlabError
@@ -36,11 +37,13 @@ from .models.factory import ModelSpec, build_model
 from .models.network import Network
 from .models.heads import parse_head
 from .selection.auto import choose
+from .selection.saved_candidates import FOLDER as CANDIDATES_FOLDER
+from .selection.saved_candidates import SavedCandidates
 from .training.batches import TensorBatches
-from .training.callbacks import Budget, Callback
+from .training.callbacks import Budget, Callback, Checkpoint
 from .training.distributed import World
 from .training.engine import Phase, Trainer
-from .training.fit import check_sizes, fit_network, resolve_device, tool_callbacks, train_settings
+from .training.fit import check_sizes, fingerprint, fit_network, resolve_device, tool_callbacks, train_settings
 from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest, sweep_phase
 from .training.strategies import RECIPES, phases, resolve
 
@@ -75,7 +78,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         """
         started = time.perf_counter()
         cfg = resolve(RunConfig.from_dict(self._fit_options(), origin="ImageClassifier"))
-        train, self.classes_ = labelled_set(X, y, "X")
+        train, self.classes_ = training_set(X, y)
         if val is not None:
             val = align_classes(labelled_set(val, None, "val")[0], train.classes, "val")
         callbacks = list(callbacks or [])
@@ -113,7 +116,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             raise TransferlabError(f"lr_find: give 0 < start_lr < end_lr and at least 10 steps "
                                    f"(got {start_lr}, {end_lr}, {steps})")
         cfg = resolve(RunConfig.from_dict({**self._fit_options(), "lr": "find"}, origin="ImageClassifier"))
-        train, _ = labelled_set(X, y, "X")
+        train, _ = training_set(X, y)
         return self._sweep(cfg, train, LRSweep(start_lr, end_lr, steps))
 
     def _sweep(self, cfg: RunConfig, train: ImageSet, sweep: LRSweep) -> LRFindResult:
@@ -141,20 +144,36 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     def _fit_auto(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
                   started: float) -> None:
         """Fit the candidates of `--strategy auto` cheapest first within the budget, keep the one
-        with the best validation score, and become it (its strategy, network and options)."""
+        with the best validation score, and become it (its strategy, network and options).
+
+        The run's Budget bounds the whole run, scoring its held-out images included; a Checkpoint
+        among the callbacks names the run directory, where each finished candidate is kept so an
+        interrupted run continues from them."""
         whole = train
         if val is None:  # choices need a validation split: held back from train, per class
             train, val = hold_back(train, cfg.seed)
         budget = next((c for c in callbacks if isinstance(c, Budget)), None)
-        deadline = (budget.started + budget.minutes * 60) if budget is not None else started + cfg.budget * 60
-        others = [c for c in callbacks if not isinstance(c, Budget)]
+        checkpoint = next((c for c in callbacks if isinstance(c, Checkpoint)), None)
+        begun = budget.started if budget is not None else started
+        saved = None if checkpoint is None else SavedCandidates(
+            checkpoint.directory / CANDIDATES_FOLDER, fingerprint(train, val), _write_candidate, _read_candidate,
+            begun, save=checkpoint.save)
+        spent_before = saved.spent_before if saved is not None else 0.0
+        deadline = begun + (budget.minutes if budget is not None else cfg.budget) * 60 - spent_before
+        others = [c for c in callbacks if not isinstance(c, (Budget, Checkpoint))]
         options = {**self._fit_options(), "budget": None}
 
         def make(changes: dict) -> "ImageClassifier":
             return ImageClassifier(**{**options, **changes}, progress=self.progress)
 
-        winner, candidates, why = choose(make, train, val, self.backbone, deadline, _val_scores, others,
-                                         lambda minutes: Budget(minutes))
+        try:
+            winner, candidates, why = choose(make, train, val, self.backbone, deadline, _val_scores, others,
+                                             lambda minutes: Budget(minutes), saved,
+                                             budget.reserve_images if budget is not None else 0)
+        except BaseException:
+            if saved is not None:
+                saved.record()  # the seconds spent so far count against the budget when it continues
+            raise
         chosen = next(c for c in candidates if c.model is winner)
         refit = None
         if whole is not train and chosen.options["strategy"] == "features":
@@ -172,7 +191,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                 setattr(self, name, getattr(winner, name))
         self.fit_info_ = {**winner.fit_info_, "auto": {
             "chosen": chosen.name, "why": why, "refit": refit, "budget_minutes": cfg.budget,
-            "seconds": round(time.perf_counter() - started, 1), "candidates": [c.row() for c in candidates]}}
+            "seconds": round(time.perf_counter() - started + spent_before, 1),
+            "candidates": [c.row() for c in candidates]}}
         log.info(f"auto chose {chosen.name}: {why}")
 
     def _fit_options(self) -> dict:
@@ -221,7 +241,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         self.history_ = []
         head = self.network_.head
         if parse_head(cfg.head)[0] == "linear":
+            fitting = time.perf_counter()
             self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed)
+            self.fit_info_["classifier_seconds"] = round(time.perf_counter() - fitting, 3)
             return
         if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
@@ -277,16 +299,22 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         """(probabilities of the readable images, mask of readable images, the failures)."""
         self._check_fitted()
         cfg = self.config_
+        # No readable image (none given, or none could be read): no rows, one column per class.
+        nothing = np.zeros((0, len(self.classes_)), np.float32)
+        if not len(images):
+            return nothing, np.zeros(0, bool), []
         if cfg.strategy == "features" and cfg.feature_cache and not tta:
             # The backbone is the untouched pretrained one: its cached features are valid.
             ex = self._features(images, "features")
+            if not ex.ok.any():
+                return nothing, ex.ok, ex.failures
             with torch.inference_mode():
                 logits = self.network_.head(torch.from_numpy(ex.features))
             return torch.softmax(logits, 1).numpy(), ex.ok, ex.failures
         proba, ok, failures = predict_pixels(self.network_, images, self.preprocess_, cfg.batch_size,
                                              resolve_device(cfg.device), self.progress, tta)
         self.network_.to("cpu")
-        return proba, ok, failures
+        return (proba if ok.any() else nothing), ok, failures
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -407,6 +435,18 @@ def labelled_set(data, y, what: str) -> tuple[ImageSet, list]:
                            f"got {type(data).__name__}")
 
 
+def training_set(data, y) -> tuple[ImageSet, list]:
+    """labelled_set for fitting: refused, as `train` refuses such data, when fewer than 2 classes
+    have images (a list labelled with one name, an ImageSet of one class)."""
+    images, classes = labelled_set(data, y, "X")
+    present = [images.classes[i] for i in np.unique(images.labels)]
+    if isinstance(data, (list, tuple, np.ndarray)):
+        check_classes(present, "the labels given to fit (y)", how="images of each with their labels in y")
+    else:
+        check_classes(present, f"the images given to fit ('{images.name}')")
+    return images, classes
+
+
 def unlabelled_set(data, names: list[str]) -> ImageSet:
     """Images to predict: an ImageSet, a folder or .csv (its labels ignored), or a list of images."""
     if isinstance(data, (list, tuple, np.ndarray)):
@@ -444,6 +484,23 @@ def align_classes(images: ImageSet, classes: list[str], what: str, some: bool = 
     index = {c: i for i, c in enumerate(classes)}
     remap = np.array([index[c] for c in images.classes])
     return ImageSet(images.images, remap[images.labels], list(classes), images.name)
+
+
+def _write_candidate(model: ImageClassifier, folder: Path) -> None:
+    """A finished auto candidate: its model files and what the run reports of its fit."""
+    model.write_model_files(folder)
+    fitted = {"fit_info": model.fit_info_, "history": model.history_, "skipped": model.skipped_,
+              "feature_counts": getattr(model, "feature_counts_", None)}
+    write_json(folder / "fitted.json", fitted)
+
+
+def _read_candidate(folder: Path) -> ImageClassifier:
+    model = ImageClassifier.load(folder)
+    fitted = json.loads((folder / "fitted.json").read_text(encoding="utf-8"))
+    model.fit_info_, model.history_, model.skipped_ = fitted["fit_info"], fitted["history"], fitted["skipped"]
+    if fitted["feature_counts"] is not None:
+        model.feature_counts_ = fitted["feature_counts"]
+    return model
 
 
 def _val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float]:

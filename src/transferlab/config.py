@@ -157,8 +157,9 @@ class RunConfig(FitOptions):
                     "output")
 
     def validate(self, check_files: bool = True) -> "RunConfig":
-        """Every option checked; `check_files`: also that weights files exist (not when reading
-        back a finished run, whose weights file may be long gone)."""
+        """Every option checked; `check_files`: a configuration about to be used, so also that
+        weights files exist and that no option would go unused (not when reading back a finished
+        run, whose weights file may be long gone)."""
         def bad(option: str, why: str):
             raise TransferlabError(f"--{option.replace('_', '-')} {getattr(self, option)} {why}")
 
@@ -248,6 +249,37 @@ class RunConfig(FitOptions):
                 bad(key, "must be a positive number of channels or features")
         if self.layer is not None and len([s for s in self.layer.split(",") if s.strip()]) not in (1, 2):
             bad("layer", "must name one layer or two (A,B)")
+        if check_files:
+            self._refuse_what_would_do_nothing(bad)
+        return self
+
+    def _refuse_what_would_do_nothing(self, bad) -> None:
+        """Options that a run would accept and then silently not use. Checked for a configuration
+        about to be used only: a finished run that recorded one still loads."""
+        text = str(self.unfreeze_schedule or "").strip()
+        if text and not all(p.strip() for p in text.split(",")):
+            raise TransferlabError(f"--unfreeze-schedule '{text}' has an empty entry: give increasing stage "
+                                   "counts separated by commas, the last may be 'all', e.g. 1,2,4 or 1,3,all")
+        if self.backbone is not None and "," in str(self.backbone):
+            names = [b.strip() for b in str(self.backbone).split(",")]
+            if not all(names):
+                bad("backbone", "has an empty name: give backbone names separated by commas, e.g. "
+                                "tf_efficientnet_lite0,tf_efficientnet_lite1")
+            repeated = next((b for k, b in enumerate(names) if b in names[:k]), None)
+            if repeated is not None:
+                bad("backbone", f"names '{repeated}' twice: each backbone's features are concatenated once; "
+                                "drop the repeat (--feature-views 2 adds the mirror image's features)")
+
+    def refuse_unused(self) -> "RunConfig":
+        """A run's options that its strategy would not use, refused; for the configuration a user
+        gives a run (train, compare's configs), not inside the estimator: auto's candidates inherit
+        the user's options and each uses what applies to it (--ema trains auto's finetune
+        candidates, not its features ones)."""
+        if self.ema and self.strategy == "features" and parse_head(self.head or "linear")[0] == "linear":
+            raise TransferlabError(
+                f"--ema {self.ema} averages weights trained by gradient, but --strategy features fits its linear "
+                "head by logistic regression (no epochs to average): drop --ema, or give --head mlp:512 (a head "
+                "trained by gradient, which --ema then averages)")
         return self
 
     def branch_dropouts(self) -> tuple[float, float]:

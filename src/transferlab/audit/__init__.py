@@ -45,8 +45,11 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     started = time.perf_counter()
     if not 0 < threshold <= 1:
         raise TransferlabError(f"--threshold {threshold} is outside (0, 1]: give a cosine such as {DEFAULT_THRESHOLD}")
+    if out is not None:  # a file given as the folder is one line before anything is read
+        check_writable(out, create=False, option="--out")
     source, splits, settings = _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
-    out = check_writable(Path(out) if out is not None else Path("audits") / source.images.name)  # before the work
+    out = check_writable(Path(out) if out is not None else Path("audits") / source.images.name,
+                         option="--out")  # before the work
     if run is not None:
         check_writable(run)
     log.info(f"auditing {settings['data']}: {len(source.images)} images, {len(source.images.classes)} classes; "
@@ -95,6 +98,10 @@ def _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
                                    check_files=False)
     if data is None and run is None:
         raise TransferlabError("audit needs DATA (a folder, a .csv file, a CIFAR archive or 'digits') or --run RUN")
+    if run is not None and data is not None and not _same_data(str(data), base.data):
+        # The run's audit.json and report would describe data the run never saw.
+        raise TransferlabError(f"--run {run} was trained on '{base.data}', not on '{data}': drop DATA to audit the "
+                               f"run's own data and splits, or drop --run to audit '{data}' on its own")
     data = str(data) if data is not None else base.data
     vf = base.val_fraction if val_fraction is None else val_fraction
     tf = base.test_fraction if test_fraction is None else test_fraction
@@ -103,6 +110,13 @@ def _splits(data, run, val_fraction, test_fraction, seed, classes, cifar_labels)
     source = load_source(data, cifar_labels=cifar_labels or base.cifar_labels, classes=wanted)
     splits = split_source(source, vf, tf, seed)
     return source, splits, {"data": data, "val_fraction": vf, "test_fraction": tf, "seed": seed}
+
+
+def _same_data(given: str, trained: str) -> bool:
+    """Whether DATA names the data a run was trained on: the same text, or the same file or folder."""
+    if given == trained:
+        return True
+    return Path(given).expanduser().resolve() == Path(trained).expanduser().resolve()
 
 
 def _write(result: dict, out: Path, run, refs: dict) -> None:

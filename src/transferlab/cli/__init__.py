@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from ..errors import Interrupted, TransferlabError
 from .commands import COMMANDS
@@ -13,8 +14,10 @@ from .parser import build_parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # a budget counts the whole command, importing PyTorch included
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(COMMANDS).parse_args(argv)
+    args.started = started
     if int(os.environ.get("RANK", 0)) > 0:
         args.quiet = True  # under torchrun, rank 0 speaks for all
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",

@@ -53,16 +53,16 @@ def train(args: argparse.Namespace, progress: bool) -> None:
     if args.resume:
         from ..api import train as run_train
 
-        run = run_train(resume=args.resume, progress=progress, **given)
+        run = run_train(resume=args.resume, progress=progress, started=args.started, **given)
     else:
         if "data" not in given and not args.config:
             raise TransferlabError("train needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")
         base = RunConfig.from_yaml(args.config).to_dict() if args.config else {}
         # Checked here, before PyTorch is imported: a wrong option fails in a fraction of a second.
-        config = RunConfig.from_dict({**base, **given}, origin="options")
+        config = RunConfig.from_dict({**base, **given}, origin="options").refuse_unused()
         from ..api import train as run_train
 
-        run = run_train(config=config, progress=progress)
+        run = run_train(config=config, progress=progress, started=args.started)
     if run.path is not None:  # ranks other than 0 of a data-parallel run write nothing
         print(f"{run.metrics['score_split']} accuracy {run.score:.4f}  run: {run.path}")
 
@@ -145,7 +145,8 @@ def backbones(args: argparse.Namespace, progress: bool) -> None:
 @command("predict", "classify image files, folders or globs with a saved run",
          description="Top-k classes with probabilities for each image; unreadable files are listed, not fatal.",
          arguments=[arg("run", help=RUN), arg("paths", nargs="+", help=PATHS),
-                    arg("--top-k", type=int, default=3, help="classes per image (default 3)"),
+                    arg("--top-k", type=int, default=3, help="classes per image (default 3; more than the run "
+                        "has shows all of them)"),
                     arg("--format", default="table", choices=("table", "csv", "json"),
                         help="output format (default table)"),
                     arg("--output", help="write to this file instead of the screen"),
@@ -307,6 +308,10 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
                          base=base, folds=folds)
     print(markdown_table(result.rows, result.varied), end="")
     print(f"comparison: {result.path}")
+    if not any(r["status"] == "ok" for r in result.rows):  # the table above still says why, row by row
+        first = (result.rows[0]["error"].strip().splitlines() or ["no error recorded"])[0]
+        raise TransferlabError(f"no config of the comparison succeeded ({len(result.rows)} failed; the first: "
+                               f"{first}): each one's error is in {result.path / 'comparison.csv'}")
 
 
 @command("audit", "duplicates, leakage across splits, label conflicts, class counts, odd images",

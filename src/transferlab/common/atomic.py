@@ -60,17 +60,21 @@ def make_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_writable(folder: str | os.PathLike, create: bool = True) -> Path:
+def check_writable(folder: str | os.PathLike, create: bool = True, option: str | None = None) -> Path:
     """Prove a file can be created in `folder`, before slow work starts. With create=False a
-    folder that does not exist yet is not made: the nearest one above it that exists is probed."""
+    folder that does not exist yet is not made: the nearest one above it that exists is probed.
+    `option` (such as --out) is named when `folder` is, or lies inside, a file."""
     folder = Path(folder)
-    if create:
-        make_dir(folder)
     probed = folder
     while not probed.exists() and probed != probed.parent:
         probed = probed.parent
-    if not probed.is_dir():
-        raise TransferlabError(f"cannot write '{folder}': '{probed}' is a file, not a folder: choose another folder")
+    if probed.exists() and not probed.is_dir():
+        named = f"{option} '{folder}'" if option else f"'{folder}'"
+        where = "is a file" if probed == folder else f"lies inside '{probed}', which is a file"
+        raise TransferlabError(f"{named} {where}, not a folder: give a folder (made if missing), not a file")
+    if create:
+        make_dir(folder)
+        probed = folder
     probe = temporary_name(probed / "probe")
     with writing(folder):
         probe.touch(exist_ok=False)

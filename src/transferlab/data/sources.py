@@ -163,11 +163,20 @@ def _csv(path: Path) -> Source:
         rows = rows[1:]
         if not rows:
             raise TransferlabError(f"'{path}' has a header but no rows: add one row per image as path,label")
+        width, expected = len(header), f"the header's {len(header)} ({','.join(header)})"
     else:
         cols = {"path": 0, "label": 1}
+        width, expected = 2, "path,label (a split column needs the header path,label,split)"
     base = path.parent
     entries = []
     for lineno, row in rows:
+        while len(row) > width and not row[-1].strip():
+            row = row[:-1]  # empty cells at the end (a spreadsheet's export) are no values
+        if len(row) > width:
+            # Unquoted commas inside a path shift every column: the path would be "not found".
+            raise TransferlabError(
+                f"'{path}' line {lineno} has {len(row)} columns, too many for {expected}: quote a path "
+                "that holds a comma (\"a,b.jpg\"), or remove the extra values")
         if len(row) <= max(cols.values()):
             raise TransferlabError(
                 f"'{path}' line {lineno} has {len(row)} column(s), expected path,label"
@@ -209,11 +218,17 @@ def _check_classes(source: Source, min_classes: int) -> None:
     if not images.classes:
         raise TransferlabError(f"found no labelled images in '{source.root}': one sub-folder (or CSV label) "
                                "per class")
-    if len(images.classes) < min_classes:
-        only = f" ('{images.classes[0]}')" if images.classes else ""
+    check_classes(images.classes, f"'{source.root}'", min_classes)
+
+
+def check_classes(classes: list[str], where: str, min_classes: int = 2,
+                  how: str = "one sub-folder (or CSV label) per class") -> None:
+    """The one rule for what a classifier can be trained on, whatever brings the images (a folder,
+    a CSV, a list given to ImageClassifier.fit): `classes` are those that have images."""
+    if len(classes) < min_classes:
+        only = f" ('{classes[0]}')" if classes else ""
         raise TransferlabError(
-            f"found only {len(images.classes)} class{only} in '{source.root}': a classifier needs "
-            "at least 2 classes, one sub-folder (or CSV label) per class")
+            f"found only {len(classes)} class{only} in {where}: a classifier needs at least 2 classes, {how}")
 
 
 def gather_files(paths: list[str]) -> list[Path]:

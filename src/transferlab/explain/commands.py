@@ -101,6 +101,8 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
     "probability", "png"}], "grid", "unreadable"}."""
     from ..data.decode import UnreadableImage
 
+    if out:  # a file given as the folder is one line before the model loads
+        check_writable(out, create=False, option="--out")
     opened = open_model(str(run))
     if opened.run is None:
         raise TransferlabError(f"explain needs a trained run, not the backbone '{run}': Grad-CAM explains "
@@ -112,7 +114,7 @@ def explain(run: str | Path, paths: list[str], layer: str | None = None, class_n
     size = opened.preprocess.input_size
     name = layer or default_layer(opened.model, size)
     open_target(opened.model, name)  # an unknown layer fails before any file is written
-    folder = check_writable(Path(out) if out else opened.run / "explain")  # before any image is explained
+    folder = check_writable(Path(out) if out else opened.run / "explain", option="--out")  # before any image
     results, tiles, unreadable, used = [], [], [], set()
     for path in files:
         try:

@@ -69,6 +69,8 @@ def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, ba
                 ok[positions] = True
             bar.update(len(positions) + len(failed))
     bar.close()
-    classes = network.head[-1].out_features if isinstance(network.head, torch.nn.Sequential) else 0
+    # Nothing readable: no rows, but still one column per class (the head's last linear layer's).
+    linear = [m for m in network.head.modules() if isinstance(m, torch.nn.Linear)]
+    classes = linear[-1].out_features if linear else 0
     proba = np.concatenate(rows) if rows else np.zeros((0, classes), np.float32)
     return proba, ok, failures

@@ -80,11 +80,12 @@ class Tapped(nn.Module):
             maps += (h,)
         return maps
 
-    def last_stages(self, count: int | str) -> list[str]:
-        """Parameter names of the last `count` stages below the taps of each backbone."""
-        names = [f"net.{n}" for n in last_stages(self.net, count)]
+    def last_stages(self, count: int | str, option: str = "--unfreeze") -> list[str]:
+        """Parameter names of the last `count` stages below the taps of each backbone; `option`
+        names what asked for them when there are fewer."""
+        names = [f"net.{n}" for n in last_stages(self.net, count, option)]
         if self.net2 is not None:
-            names += [f"net2.{n}" for n in last_stages(self.net2, count)]
+            names += [f"net2.{n}" for n in last_stages(self.net2, count, option)]
         return names
 
     @property

@@ -115,12 +115,16 @@ def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
         # backbone's reduced rate (decayed further per stage with --lr-decay), in one phase or,
         # with --unfreeze-schedule, in phases that unfreeze more stages each. A bilinear network
         # unfreezes the stages below each tap.
+        schedule = config.unfreeze_steps()
+        # An entry beyond the stages is named as the option the user gave it in.
+        option = f"--unfreeze-schedule '{config.unfreeze_schedule}', entry" if schedule else "--unfreeze"
+
         def named(count):
-            found = (network.backbone.last_stages(count) if s == "bilinear"
-                     else last_stages(network.backbone, count))
+            found = (network.backbone.last_stages(count, option) if s == "bilinear"
+                     else last_stages(network.backbone, count, option))
             return ["backbone." + n for n in found]
 
-        steps = config.unfreeze_steps() or (config.unfreeze,)
+        steps = schedule or (config.unfreeze,)
         result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
         epochs = config.epochs if len(steps) == 1 else max(1, -(-config.epochs // len(steps)))
         for step in steps:

@@ -25,11 +25,11 @@ from ..common.atomic import check_writable, replacing, write_text
 from ..common.run_files import yaml_error
 from ..config import COMPARE_OWNED as OWNED_KEYS
 from ..config import RunConfig
-from ..data.sources import load_source
+from ..data.sources import Source, load_source
 from ..errors import TransferlabError
 from ..report.html import write_comparison_report
 from .parallel import run_in_workers
-from .train import train
+from .train import check_data, train
 
 log = logging.getLogger("transferlab")
 
@@ -68,6 +68,13 @@ def read_grid(path: str | Path, options: dict | None = None) -> Grid:
     if not isinstance(base, dict):
         raise TransferlabError(f"--grid '{path}': 'base' must be a mapping of options or the path of a config.yaml")
     base = {**base, **(options or {})}
+    # A key given empty is a mistake, not "the base alone": that would run the defaults once per seed.
+    if "configs" in spec and spec["configs"] in (None, []):
+        raise TransferlabError(f"--grid '{path}': 'configs' is empty: list at least one option mapping, e.g. "
+                               "configs: [{strategy: features}], or remove 'configs' and vary options under grid:")
+    if "grid" in spec and spec["grid"] in (None, {}):
+        raise TransferlabError(f"--grid '{path}': 'grid' is empty: map at least one key to its values, e.g. "
+                               "grid: {lr: [0.001, 0.0003]}, or remove 'grid' and list configs:")
     grid = spec.get("grid") or {}
     listed = spec.get("configs") or [{}]
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -82,13 +89,34 @@ def read_grid(path: str | Path, options: dict | None = None) -> Grid:
                 raise TransferlabError(f"--grid '{path}': '{key}' is set by compare itself (DATA, --seeds, "
                                        "--out); remove it from the grid")
         try:  # unknown keys and bad values now, not after the first runs
-            RunConfig.from_dict({**base, **c}, origin=f"--grid '{path}'")
+            RunConfig.from_dict({**base, **c}, origin=f"--grid '{path}'").refuse_unused()
         except TransferlabError as err:
-            entry = ", ".join(f"{k}: {v}" for k, v in c.items()) or "the base alone"
-            raise TransferlabError(f"--grid '{path}', config {number} ({entry}): {err}") from None
+            raise TransferlabError(f"--grid '{path}', config {number} ({_entry(c)}): {err}") from None
     keys = list(dict.fromkeys(k for c in configs for k in c))
     varied = [k for k in keys if len({json.dumps(c.get(k, base.get(k)), sort_keys=True) for c in configs}) > 1]
     return Grid(base, configs, varied or keys)
+
+
+def _entry(values: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in values.items()) or "the base alone"
+
+
+def check_against_data(grid: str | Path, spec: Grid, data: str, seeds: list[int], source: Source | None = None
+                       ) -> None:
+    """What each run would refuse about the data once started (--folds beyond a class's training
+    images, fractions that leave nothing to score on, a class too small to split), for every
+    config and seed, before the first run: one line naming the grid file and the config."""
+    sources = {("fine", ()): source} if source is not None else {}  # load_source's defaults
+    for number, values in enumerate(spec.configs, 1):
+        for seed in seeds:
+            try:
+                config = RunConfig.from_dict({**spec.base, **values, "data": str(data), "seed": seed})
+                key = (config.cifar_labels, tuple(config.class_list()))
+                if key not in sources:
+                    sources[key] = load_source(data, cifar_labels=config.cifar_labels, classes=config.class_list())
+                check_data(config, sources[key])
+            except TransferlabError as err:
+                raise TransferlabError(f"--grid '{grid}', config {number} ({_entry(values)}): {err}") from None
 
 
 def config_id(values: dict, base: dict | None = None) -> str:
@@ -123,12 +151,14 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
     if jobs < 1:
         raise TransferlabError(f"--jobs {jobs} must be at least 1")
     spec = read_grid(grid, base)
-    data_name = load_source(data).images.name  # fails now, once, when DATA is wrong
+    source = load_source(data)  # fails now, once, when DATA is wrong
+    data_name = source.images.name
+    seed_list = list(range(first_seed, first_seed + seeds))
+    check_against_data(grid, spec, data, seed_list, source)  # before the first run, as the grid's values are
     path = Path(out) / (name or f"{data_name}-{Path(grid).stem}")
     runs = path / "runs"
     check_writable(runs)
     started = time.perf_counter()
-    seed_list = list(range(first_seed, first_seed + seeds))
     labels = [", ".join(f"{k}={values.get(k, spec.base.get(k))}" for k in spec.varied) for values in spec.configs]
     tasks = [(ci, seed, str(data), {**spec.base, **values}, runs / f"{config_id(values, spec.base)}-seed{seed}")
              for ci, values in enumerate(spec.configs) for seed in seed_list]

@@ -23,13 +23,14 @@ from ..common.run_files import default_run_name, unique_dir, write_history
 from ..common.run_lock import RunLock
 from ..config import RunConfig
 from ..data.decode import UnreadableImage, decode
-from ..data.sources import ImageSet, load_source
+from ..data.sources import ImageSet, Source, load_source
 from ..data.split import Splits, split_source, stratified_folds
 from ..errors import Interrupted, TransferlabError
 from ..inference.metrics import compute_metrics, format_metrics
 from ..report.curves import plot_curves
 from ..report.html import GalleryItem, write_run_report
 from ..report.tensorboard import TensorBoard
+from ..selection import saved_candidates
 from ..training import distributed
 from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
 from ..training.fit import resolve_device
@@ -50,25 +51,28 @@ class Run:
 
 
 def train(data: str | None = None, config: RunConfig | None = None, progress: bool = True,
-          resume: str | Path | None = None, callbacks: Sequence[Callback] = (), **options) -> Run:
+          resume: str | Path | None = None, callbacks: Sequence[Callback] = (), started: float | None = None,
+          **options) -> Run:
     """Train one run and write its directory; `options` are RunConfig keys (same names as the CLI).
 
-    `resume` continues an interrupted run from its last complete epoch, with its own config.
-    `callbacks` join the run's own (training/callbacks.py) and see every epoch.
+    `resume` continues an interrupted run from its last complete epoch (an auto run from its
+    finished candidates), with its own config. `callbacks` join the run's own
+    (training/callbacks.py) and see every epoch. `started` (time.perf_counter()) is when the
+    budget and the reported seconds start counting: the command's start; by default, now.
     """
+    started = time.perf_counter() if started is None else started
     config = _run_config(data, config, resume, options)
     # Under torchrun: join the process group; every rank trains, rank 0 alone writes.
     world = distributed.init(resolve_device(config.device))
     if world.size > 1 and config.strategy == "features" and not world.main:
         return Run(None, {}, None)  # nothing trains by gradient: rank 0 does it alone
-    started = time.perf_counter()
     with contextlib.ExitStack() as held:
         if resume is not None and world.main:
             held.enter_context(RunLock(resume))  # before its checkpoint is read: one writer at a time
         elif world.main:
-            check_writable(config.out, create=False)  # before the data loads
+            check_writable(config.out, create=False, option="--out")  # before the data loads
         checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
-        if checkpoint is not None:
+        if checkpoint is not None and config.strategy != "auto":  # auto says which candidates it keeps
             done = checkpoint.epochs_done
             log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
         source, splits, audit_info = _splits(config)
@@ -76,10 +80,10 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
         if resume is None and path is not None:
             held.enter_context(RunLock(path))
-        if checkpoint is None and path is not None and config.strategy not in ("features", "auto"):
+        if checkpoint is None and path is not None and config.strategy != "features":
             # A features run refits its head from cached features in seconds: checkpoints would
-            # cost more than they save. An auto run fits several candidates: a checkpoint of one
-            # could not be resumed as the run.
+            # cost more than they save. An auto run keeps its finished candidates in the run
+            # directory the checkpoint names (selection/saved_candidates.py).
             checkpoint = Checkpoint(path)
         clf = ImageClassifier(**config.model_options(), progress=progress)
         try:
@@ -141,7 +145,7 @@ def _run_config(data, config: RunConfig | None, resume, options: dict) -> RunCon
         values.update(options)
         if data is not None:
             values["data"] = str(data)
-        return resolve(RunConfig.from_dict(values))
+        return resolve(RunConfig.from_dict(values).refuse_unused())
     path = Path(resume)
     if options or data is not None:
         raise TransferlabError("--resume continues a run with its own config.yaml: give no other options")
@@ -161,13 +165,35 @@ def _splits(config: RunConfig) -> tuple:
     if source.loose:
         log.warning(f"ignored {len(source.loose)} image(s) lying beside the class folders, e.g. "
                     f"{source.loose[0]}: move each into the folder of its class")
+    splits = run_splits(config, source)
+    splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
+    log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
+    return source, splits, audit_info
+
+
+def run_splits(config: RunConfig, source: Source) -> Splits:
+    """The splits a run of `config` makes of `source`; refused when they leave nothing to score
+    the run on (no test and no val), before anything is written or decoded."""
     # auto holds back its own validation images from train to choose, then refits a features
     # winner on all of train: carving val here as well would keep those images from the winner.
     val_fraction = 0.0 if config.strategy == "auto" else config.val_fraction
     splits = split_source(source, val_fraction, config.test_fraction, config.seed)
-    splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
-    log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
-    return source, splits, audit_info
+    if splits.test is None and splits.val is None:
+        fix = "give --test-fraction 0.15, or data with its own test/ (or val/) split (folders, or a CSV split column)"
+        if config.strategy == "auto":
+            raise TransferlabError(f"--test-fraction {config.test_fraction:g} leaves nothing to score the run on: "
+                                   f"'{source.root}' has no test or val split and auto holds its validation "
+                                   f"images back from train itself (--val-fraction does not apply); {fix}")
+        raise TransferlabError(f"--test-fraction {config.test_fraction:g} and --val-fraction "
+                               f"{config.val_fraction:g} leave nothing to score the run on: '{source.root}' has "
+                               f"no test or val split; {fix}")
+    return splits
+
+
+def check_data(config: RunConfig, source: Source) -> None:
+    """What a run of `config` would refuse about `source` once started (its splits, --folds),
+    checked up front: `compare` checks every config before its first run."""
+    _folds(config, run_splits(config, source))
 
 
 def _new_run_dir(config: RunConfig, data_name: str, main: bool) -> Path | None:
@@ -182,7 +208,7 @@ def _new_run_dir(config: RunConfig, data_name: str, main: bool) -> Path | None:
 
 
 def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
-    if not resumed and not (path / CHECKPOINT).exists():
+    if not resumed and not (path / CHECKPOINT).exists() and not saved_candidates.has_progress(path):
         shutil.rmtree(path, ignore_errors=True)  # nothing worth resuming: leave no trace
         return
     hint = f"continue it with `transferlab train --resume {path}`"
@@ -198,14 +224,15 @@ def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: 
     metrics["audit"] = audit_info
     if cv is not None:
         metrics["folds"] = cv
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
     clf.write_model_files(path)
     write_history(path / "history.csv", clf.history_)
     if clf.history_:
         plot_curves(clf.history_, path / "curves.png")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
     write_run_report(path, config.to_dict(), metrics, clf.history_, worst_mistakes(*held_out, clf.class_names()))
     write_json(path / "metrics.json", metrics)  # last: its presence marks a finished run
     (path / CHECKPOINT).unlink(missing_ok=True)
+    saved_candidates.discard(path)
     return metrics
 
 
