@@ -70,9 +70,11 @@ def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_
     assert poisoned.metrics["test"]["accuracy"] == pytest.approx(1 - auto_run.metrics["test"]["accuracy"])
 
 
-def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymenoptera, tmp_path):
+def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymenoptera, tmp_path, monkeypatch):
     """auto holds back part of train to choose; the features winner is then the very run
-    `--strategy features` gives on the whole train split."""
+    `--strategy features` gives on the whole train split (here with the time for the refit
+    granted: whether it fits is the next test's)."""
+    monkeypatch.setattr("transferlab.classifier.refit_fits", lambda candidate, deadline: (True, ""))
     data = _csv(hymenoptera, tmp_path / "data.csv", val=False)
     one = dict(OPTIONS, backbone="tf_efficientnet_lite0")
     run = transferlab.train(data, out=tmp_path / "runs", budget=0.01, **one)
@@ -85,6 +87,19 @@ def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymen
     assert run.classifier.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
     assert run.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
     assert "refitted on all 36 training images" in (run.path / "report.html").read_text()
+
+
+def test_a_refit_that_does_not_fit_the_budget_is_skipped_and_said(hymenoptera, tmp_path):
+    """Past its budget after the first candidate, the run keeps the winner as fitted on the images
+    left after holding some back, and says so in metrics.json and the report."""
+    data = _csv(hymenoptera, tmp_path / "data.csv", val=False)
+    run = transferlab.train(data, out=tmp_path / "runs", budget=0.001,
+                            **dict(OPTIONS, backbone="tf_efficientnet_lite0"))
+    refit = run.metrics["fit"]["auto"]["refit"]
+    assert refit["images"] == 30 and refit["seconds"] == 0.0
+    assert refit["skipped"].startswith("needs about") and "s left" in refit["skipped"]
+    report = " ".join((run.path / "report.html").read_text().split())
+    assert "kept as fitted on the other 30 training images" in report
 
 
 def test_the_budget_is_honoured_within_one_candidates_time(hymenoptera, tmp_path):

@@ -36,7 +36,7 @@ from .models.ensemble import FeatureEnsemble
 from .models.factory import ModelSpec, build_model
 from .models.network import Network
 from .models.heads import parse_head
-from .selection.auto import choose
+from .selection.auto import choose, refit_fits
 from .selection.saved_candidates import FOLDER as CANDIDATES_FOLDER
 from .selection.saved_candidates import SavedCandidates
 from .training.batches import TensorBatches
@@ -179,12 +179,19 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         if whole is not train and chosen.options["strategy"] == "features":
             # The held-back images served the choice; a features winner is refitted on all of
             # train from its cached features (C by cross-validation), exactly the run the user
-            # would get by asking for it. A trained winner already held back the same images
-            # for its early stopping, so it is kept as fitted.
-            refit_start = time.perf_counter()
-            winner = make(chosen.options).fit(whole, callbacks=others)
-            refit = {"images": len(whole), "seconds": round(time.perf_counter() - refit_start, 1)}
-            log.info(f"auto: refitted {chosen.name} on all {len(whole)} training images ({refit['seconds']:.0f} s)")
+            # would get by asking for it, when the budget left allows it. A trained winner
+            # already held back the same images for its early stopping, so it is kept as fitted.
+            fits, why_not = refit_fits(chosen, deadline)
+            if fits:
+                refit_start = time.perf_counter()
+                winner = make(chosen.options).fit(whole, callbacks=others)
+                refit = {"images": len(whole), "seconds": round(time.perf_counter() - refit_start, 1)}
+                log.info(f"auto: refitted {chosen.name} on all {len(whole)} training images "
+                         f"({refit['seconds']:.0f} s)")
+            else:
+                refit = {"images": len(train), "seconds": 0.0, "skipped": why_not}
+                log.info(f"auto: {chosen.name} kept as fitted on {len(train)} images: its refit on all of "
+                         f"train {why_not}")
         for name in ("classes_", "network_", "preprocess_", "weights_", "spec_", "config_", "history_", "skipped_",
                      "feature_counts_"):
             if hasattr(winner, name):

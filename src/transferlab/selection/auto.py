@@ -54,6 +54,7 @@ class Candidate:
     seconds: float | None = None
     status: str = "pending"
     classifier_seconds: float | None = None  # of a features candidate: fitting its classifier
+    scoring: float = 0.0   # seconds, estimated, of scoring the held-out images with it
     model: object = field(default=None, repr=False)
 
     def row(self) -> dict:
@@ -107,40 +108,39 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
     """Fit the candidates in order while the budget allows; return (the winner, every candidate,
     why it won). `val_scores(model, val)` gives (accuracy, log loss) on the val split.
 
-    `deadline` is when the whole run must end: a candidate starts only when it fits with what
-    the run does after the choice, were it to win (scoring `scored_images` held-out images, and
-    a features winner's refit on all of train). `saved` keeps each finished candidate, so an
-    interrupted run continues from them."""
+    `deadline` is when the whole run must end: a candidate starts only when it fits with the
+    scoring of `scored_images` held-out images after the choice, were it (or any finished one)
+    to win. `saved` keeps each finished candidate, so an interrupted run continues from them."""
     candidates = feature_candidates(backbone)
     unit = None  # seconds of a Lite0 features pass over train + val, once measured
     passed = max(len(train) + len(val), 1) if scored_images else 1  # images of the measured pass
-    after: list[float] = []  # what the run's end takes were each finished candidate to win
+    after: list[float] = []  # the scoring after the choice, were each finished candidate to win
 
     def ending(candidate: Candidate) -> float:
-        """Seconds of the run's end if `candidate` wins: scoring the held-out images at its
-        measured (or estimated) cost, and a features winner's refit by cross-validation."""
+        """Seconds of scoring the held-out images were `candidate` to win, at its cost per image
+        (the measured Lite0 pass scaled by its network's multiply-adds and pixels). A features
+        winner's refit is not reserved: it runs when the time left allows it (`refit_fits`)."""
         if unit is None:
             return 0.0
-        scoring = scored_images * unit / passed * _pass_cost(candidate.options)
-        if candidate.options["strategy"] != "features":
-            return scoring
-        classifier = candidate.classifier_seconds
-        if classifier is None:  # before it runs: the part of its estimate beyond the backbone pass
-            classifier = max(candidate.estimate - unit * _pass_cost(candidate.options), 0.0)
-        return scoring + REFIT_OVER_SEARCH * classifier
+        return scored_images * unit / passed * _pass_cost(candidate.options)
 
     def run(candidate: Candidate, extra_callbacks: Sequence = ()) -> None:
         kept = saved.finished(candidate.name, candidate.options) if saved is not None else None
         if kept is not None:
             row, candidate.model = kept
             candidate.restore(row)
-            after.append(ending(candidate))
+            candidate.scoring = ending(candidate)
+            after.append(candidate.scoring)
             log.info(f"auto: {candidate.name}: val accuracy {candidate.val_accuracy:.4f} (kept from before the "
                      "interruption)")
             return
-        left = deadline - time.perf_counter() - max([*after, ending(candidate)])
-        if candidate.estimate > left and any(c.status == "ok" for c in candidates):  # the first always runs
-            candidate.status = f"skipped: needs about {candidate.estimate:.0f} s, {max(left, 0):.0f} s left"
+        # A candidate that trains by gradient ends its epochs in time to leave the scoring of
+        # whichever candidate wins (its Budget); it starts when its whole estimate and its own
+        # scoring fit. One that cannot be cut short must leave room for any winner's scoring.
+        anyone = deadline - time.perf_counter() - max([*after, ending(candidate)])
+        left = deadline - time.perf_counter() - ending(candidate) if candidate.trains() else anyone
+        if (candidate.estimate > left or anyone <= 0) and any(c.status == "ok" for c in candidates):  # the first runs
+            candidate.status = f"skipped: needs about {candidate.estimate:.0f} s, {max(min(left, anyone), 0):.0f} s left"
             log.info(f"auto: {candidate.name} {candidate.status}")
             return
         start = time.perf_counter()
@@ -158,7 +158,8 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         candidate.val_accuracy, candidate.val_log_loss = val_scores(model, val)
         candidate.classifier_seconds = getattr(model, "fit_info_", {}).get("classifier_seconds")
         candidate.model, candidate.status = model, "ok"
-        after.append(ending(candidate))
+        candidate.scoring = ending(candidate)
+        after.append(candidate.scoring)
         if saved is not None:
             saved.keep(candidate.name, candidate.saved_row(), model)
         log.info(f"auto: {candidate.name}: val accuracy {candidate.val_accuracy:.4f}, log loss "
@@ -170,7 +171,8 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         run(candidate)
         if unit is None and candidate.seconds is not None:
             unit = candidate.seconds / _cost(candidate.options["backbone"])
-            after[:] = [ending(candidate)]  # the first candidate's own end, now that its cost is known
+            candidate.scoring = ending(candidate)  # the first candidate's, now that its cost is known
+            after[:] = [candidate.scoring]
     singles = [c for c in candidates if c.status == "ok" and "," not in c.options["backbone"]]
     if singles and unit is not None:
         best = max(singles, key=_rank)
@@ -200,7 +202,8 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
             later.append(Candidate("bilinear", {"strategy": "bilinear"}, unit * FINETUNE_OVER_FEATURES))
         for candidate in later:
             left = deadline - time.perf_counter() - max([*after, ending(candidate)])
-            # The budget callback ends its epochs in time; the estimate decides whether it starts.
+            # The budget callback ends its epochs in time for any winner's scoring; the estimate
+            # decides whether it starts.
             run(candidate, [budget_callback(left / 60)] if budget_callback and left > 0 else [])
             candidates.append(candidate)
     done = [c for c in candidates if c.status == "ok"]
@@ -216,6 +219,16 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         why = (f"validation accuracy tied with {runner_up.name} ({winner.val_accuracy:.4f}); lower validation "
                f"log loss ({winner.val_log_loss:.4f} against {runner_up.val_log_loss:.4f})")
     return winner.model, candidates, why
+
+
+def refit_fits(candidate: Candidate, deadline: float) -> tuple[bool, str]:
+    """Whether a features winner's refit on all of train (C by cross-validation) fits in the time
+    left after scoring; (False, why) when it does not: the winner is then kept as fitted."""
+    need = REFIT_OVER_SEARCH * (candidate.classifier_seconds or 0.0)
+    left = deadline - time.perf_counter() - candidate.scoring
+    if need <= left:
+        return True, ""
+    return False, f"needs about {need:.0f} s, {max(left, 0):.0f} s left"
 
 
 def last_block_stage(backbone: str) -> str | None:
