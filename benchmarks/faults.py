@@ -119,6 +119,7 @@ def kill_and_resume(fresh: list[str], run: Path, kinds: list, rng: random.Random
     """Start `fresh`, kill it at random moments (one per entry of `kinds`, while it still runs),
     resume after each; whether it finished."""
     proc = subprocess.Popen(fresh, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = ""
     for how in kinds:
         time.sleep(rng.uniform(earliest, latest))
         if proc.poll() is not None:
@@ -135,11 +136,12 @@ def kill_and_resume(fresh: list[str], run: Path, kinds: list, rng: random.Random
             tally["unusable"].append(f"{run.name}: {state}")
             return False
         if state == "finished":
-            break
+            break  # the signal landed as it finished: its output is read already
         again = fresh if state == "absent" else command("--resume", str(run))
         tally["resumes"] += 1
         proc = subprocess.Popen(again, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate()
+    if proc.stderr is not None and not proc.stderr.closed:
+        _, err = proc.communicate()
     if proc.returncode not in (0, None) and not (run / "metrics.json").is_file():
         tally["unusable"].append(f"{run.name}: the last process failed: {err.strip().splitlines()[-1:]}")
         return False

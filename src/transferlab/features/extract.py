@@ -78,7 +78,7 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
             for positions, batch, failed in _batches(todo_images, preprocess, batch_size, decoded, device):
                 failures += failed
                 if positions:
-                    vectors = network.features(batch).float().cpu().numpy()
+                    vectors = _features(network, batch)
                     new = {todo_images[p].key: v for p, v in zip(positions, vectors)}
                     store.put_many(new)
                     have.update(new)
@@ -89,6 +89,16 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     dim = next(iter(have.values())).shape[0] if have else 0
     feats = np.stack([have[k] for k in keys if k in have]) if ok.any() else np.zeros((0, dim), np.float32)
     return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo))
+
+
+def _features(network: Network, batch: torch.Tensor) -> np.ndarray:
+    """Pooled features of a batch. On a CPU a batch of one image takes another convolution path
+    (about 1e-6 from the same image's vector in any larger batch), so a single image, say one
+    recomputed after its cached vector was damaged, is run beside a copy of itself: its vector is
+    then the one a clean cache holds, and so is the model fitted on it."""
+    if len(batch) == 1:
+        return network.features(torch.cat([batch, batch])).float().cpu().numpy()[:1]
+    return network.features(batch).float().cpu().numpy()
 
 
 def _batches(images: list[ImageRef], preprocess: Preprocess, batch_size: int, decoded: DecodedImages | None,
