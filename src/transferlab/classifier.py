@@ -27,9 +27,8 @@ from .data.sources import check_classes, load_source
 from .data.split import stratified_cut
 from .data.types import ImageRef, ImageSet
 from .errors import TransferlabError
-from .features.extract import Extracted, device_decoding, extract_features, extractor_key
+from .features.extract import Extracted, device_decoding, extractor_key, frozen_features
 from .features.logistic import fit_logistic
-from .features.store import FeatureStore
 from .inference.probabilities import predict_pixels
 from .models import saved
 from .models.ensemble import FeatureEnsemble
@@ -382,14 +381,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                          desc: str, pooling: str | None = None) -> Extracted:
         cfg = self.config_
         device = resolve_device(cfg.device)
-        key = (extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling,
-                             device_decoding(device, self.preprocess_)),
-               cache_root(cfg.cache_dir) if cfg.feature_cache else None)
-        stores = self.__dict__.setdefault("_stores", {})
-        if key not in stores:
-            stores[key] = FeatureStore.for_extractor(*key)
-        return extract_features(network, images, self.preprocess_, stores[key], cfg.batch_size,
-                                progress=self.progress, desc=desc, device=device)
+        key = extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling,
+                            device_decoding(device, self.preprocess_))
+        return frozen_features(network, images, self.preprocess_, key,
+                               cache_root(cfg.cache_dir) if cfg.feature_cache else None, cfg.runtime, device,
+                               self.__dict__.setdefault("_stores", {}), batch_size=cfg.batch_size,
+                               progress=self.progress, desc=desc)
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")

@@ -31,6 +31,7 @@ MONITORS = ("val_loss", "val_accuracy")
 CIFAR_LABELS = ("fine", "coarse")
 RESIZE_MODES = ("squash", "crop")
 POOLINGS = ("avg", "bilinear")
+RUNTIMES = ("auto", "torch", "onnx")  # where frozen passes run: runtime/frozen.py
 
 
 def opt(default, help: str, group: str = "training", choices=None):
@@ -132,6 +133,8 @@ class FitOptions:
     feature_cache: bool = opt(True, "read and write the on-disk feature cache", "output")
     cache_dir: str | None = opt(None, "feature cache folder (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)", "output")
     device: str = opt("auto", "auto, cpu or cuda[:N]", "output")
+    runtime: str = opt("auto", "frozen passes: onnx (onnxruntime, the CPU's fast one), torch, or auto (onnx on a "
+                               "CPU when installed)", "output", RUNTIMES)
     amp: bool = opt(True, "mixed precision (bf16) on GPU", "output")
     compile: bool = opt(False, "torch.compile the network (GPU)", "output")
 

@@ -46,12 +46,11 @@ class Features:
 
 def backbone_features(images: list[ImageRef], backbone: str | None = None, weights: str = "auto",
                       cache_dir: str | None = None, feature_cache: bool = True, batch_size: int = 32,
-                      progress: bool = True) -> Features:
+                      progress: bool = True, runtime: str = "auto") -> Features:
     """Pooled, L2-normalised features of every readable image, through the feature cache."""
     from ..common.paths import cache_root
     from ..config import RunConfig
-    from ..features.extract import extract_features, extractor_key
-    from ..features.store import FeatureStore
+    from ..features.extract import extractor_key, frozen_features
     from ..models.factory import ModelSpec, build_model
     from ..training.strategies import resolve
 
@@ -60,9 +59,9 @@ def backbone_features(images: list[ImageRef], backbone: str | None = None, weigh
     built = build_model(ModelSpec(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size,
                                   resize=cfg.resize, seed=cfg.seed))
     cache = cache_root(cache_dir) if feature_cache else None
-    store = FeatureStore.for_extractor(extractor_key(cfg.backbone, built.weights.identity, built.preprocess), cache)
-    ex = extract_features(built.network.eval(), images, built.preprocess, store, batch_size, progress=progress,
-                          desc="audit features")
+    key = extractor_key(cfg.backbone, built.weights.identity, built.preprocess)
+    ex = frozen_features(built.network.eval(), images, built.preprocess, key, cache, runtime,
+                         batch_size=batch_size, progress=progress, desc="audit features")
     vectors = ex.features.astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return Features(vectors, ex.ok, ex.failures, cfg.backbone, ex.computed, ex.cached)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from ..data.device_decode import decode_crops, supported
 from ..data.types import ImageRef
 from ..models.network import Network, to_batch
 from ..models.preprocess import Preprocess
+from ..errors import TransferlabError
+from ..runtime.frozen import NotExportable, frozen_pass, resolve_runtime, runtime_key, say_once, unexportable
 from .store import FeatureStore
 
 log = logging.getLogger("transferlab")
@@ -58,27 +61,55 @@ class Extracted:
     cached: int = 0
 
 
+def frozen_features(network: Network, images: list[ImageRef], preprocess: Preprocess, key: str,
+                    cache: Path | None, runtime: str = "auto", device: str = "cpu",
+                    stores: dict | None = None, **options) -> Extracted:
+    """`extract_features` through the store of the runtime in use (runtime/frozen.py): onnxruntime
+    where `runtime` resolves to it and the graph can be made, else PyTorch, said in one line.
+    `key` is the extractor key (extractor_key), `cache` the cache root (None: no disk cache);
+    `stores` keeps the opened FeatureStores across calls."""
+    stores = {} if stores is None else stores
+    chosen = resolve_runtime(runtime, device)
+    why = unexportable(key, cache) if chosen == "onnx" else None
+    if why:
+        if runtime == "onnx":
+            raise TransferlabError(f"--runtime onnx: {why}: give --runtime torch")
+        # Not the user's problem (the PyTorch pass is the one every run had): said where -v shows it.
+        say_once(f"runtime: {why}: this network's frozen pass runs in PyTorch", logging.INFO)
+        chosen = "torch"
+    store_key = (runtime_key(key, chosen), cache)
+    if store_key not in stores:
+        stores[store_key] = FeatureStore.for_extractor(*store_key)
+    try:
+        return extract_features(network, images, preprocess, stores[store_key], device=device, runtime=chosen,
+                                graph=(key, cache), **options)
+    except NotExportable:
+        return frozen_features(network, images, preprocess, key, cache, runtime, device, stores, **options)
+
+
 def extract_features(network: Network, images: list[ImageRef], preprocess: Preprocess,
                      store: FeatureStore, batch_size: int = 32, decoded: DecodedImages | None = None,
-                     progress: bool = True, desc: str = "features", device: str = "cpu") -> Extracted:
+                     progress: bool = True, desc: str = "features", device: str = "cpu", runtime: str = "torch",
+                     graph: tuple[str, Path | None] | None = None) -> Extracted:
     """Pooled backbone features for every readable image; only images missing from `store` are
-    decoded and run through the backbone (eval mode, inference mode, channels_last) on `device`.
-    On a GPU, JPEGs are decoded there too (`device_decoding`), GPU_BATCH images at a time."""
+    decoded and run through the backbone (eval mode, inference mode) on `device`, in PyTorch
+    (channels_last) or, with `runtime` 'onnx', through the graph named by `graph` (the extractor
+    key and cache root). On a GPU, JPEGs are decoded there too (`device_decoding`), GPU_BATCH
+    images at a time."""
     keys = [im.key for im in images]
     have = store.get_many(list(dict.fromkeys(keys)))
     todo = [i for i, k in enumerate(keys) if k not in have]
     failures: list[UnreadableImage] = []
     if todo:
-        network.eval()
-        network.to(memory_format=torch.channels_last)
+        key, cache = graph or (store.path.stem if store.path else "memory", None)
+        forward = frozen_pass(network, preprocess.input_size, key, runtime, cache, device)
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         todo_images = [images[i] for i in todo]
-        network.to(device)
         with torch.inference_mode():
             for positions, batch, failed in _batches(todo_images, preprocess, batch_size, decoded, device):
                 failures += failed
                 if positions:
-                    vectors = _features(network, batch)
+                    vectors = _features(forward, batch)
                     new = {todo_images[p].key: v for p, v in zip(positions, vectors)}
                     store.put_many(new)
                     have.update(new)
@@ -91,14 +122,14 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo))
 
 
-def _features(network: Network, batch: torch.Tensor) -> np.ndarray:
-    """Pooled features of a batch. On a CPU a batch of one image takes another convolution path
+def _features(forward, batch: torch.Tensor) -> np.ndarray:
+    """Pooled features of a batch through `forward` (runtime/frozen.py). On a CPU a batch of one image takes another convolution path
     (about 1e-6 from the same image's vector in any larger batch), so a single image, say one
     recomputed after its cached vector was damaged, is run beside a copy of itself: its vector is
     then the one a clean cache holds, and so is the model fitted on it."""
     if len(batch) == 1:
-        return network.features(torch.cat([batch, batch])).float().cpu().numpy()[:1]
-    return network.features(batch).float().cpu().numpy()
+        return forward(torch.cat([batch, batch]))[:1]
+    return forward(batch)
 
 
 def _batches(images: list[ImageRef], preprocess: Preprocess, batch_size: int, decoded: DecodedImages | None,

@@ -11,12 +11,9 @@ compared with the PyTorch network; a file that disagrees is deleted, never left 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from ..errors import TransferlabError
 from ..models import saved
 from ..models.network import to_batch
 from ..models.same_padding import freeze_same_padding
+from ..runtime.onnx_graph import onnx_model, quiet_known_warnings, require
 
 log = logging.getLogger("transferlab")
 
@@ -42,10 +40,6 @@ INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 INPUT_RANGE = "0..255 RGB, normalised inside"
 METADATA_FILE = "transferlab.json"  # the TorchScript extra file
 EXPORT_FORMAT = 1
-# The torch.export-based exporter implements opset 18 and up; asking for 17 makes it try (and,
-# for Pad, fail) a down-conversion and keep 18 anyway. The legacy fallback writes 17.
-DYNAMO_OPSET, LEGACY_OPSET = 18, 17
-_INSTALL_HINT = "pip install onnx onnxruntime onnxscript"
 
 
 class Probabilities(nn.Module):
@@ -143,7 +137,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
                 raise TransferlabError(f"'{path}' has no transferlab metadata: it was not written by "
                                        "transferlab export")
             return json.loads(archive.read(names[0]))
-    onnx = _require("onnx")
+    onnx = require("onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:
@@ -208,15 +202,6 @@ def _max_abs_diff(module: nn.Module, run_file, batches: list[torch.Tensor]) -> f
     return worst
 
 
-def _require(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise TransferlabError(f"export: the '{name}' package is missing: {_INSTALL_HINT}") from None
-
-
 def _json_or_text(value: str):
     try:
         return json.loads(value)
@@ -224,54 +209,9 @@ def _json_or_text(value: str):
         return value
 
 
-@contextlib.contextmanager
-def _quiet_known_warnings():
-    """Silence warnings whose cause is known and checked: the legacy paths' deprecation notices,
-    and tracer warnings about shape comparisons (the spatial size is fixed by the export, and a
-    batch-size dependence would fail the check run at other batch sizes)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
-        warnings.filterwarnings("ignore", message=r".*(legacy TorchScript-based ONNX|is deprecated|"
-                                                  r"feature will be removed).*")
-        # The ONNX graph passes log every deduplicated constant at INFO: noise in an app's log.
-        loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def _onnx_bytes(module: nn.Module, example: torch.Tensor, metadata: dict) -> tuple[bytes, str]:
-    """The serialised ModelProto with metadata, and which exporter made it.
-
-    The torch.export-based exporter (the default since torch 2.9) comes first: it proves the
-    batch axis symbolic instead of trusting a trace. If it cannot capture a model, the legacy
-    TorchScript-based exporter is tried; the check run judges either result.
-    """
-    onnx = _require("onnx")
-    try:
-        _require("onnxscript")
-        with _quiet_known_warnings():
-            program = torch.onnx.export(
-                module, (example,), None, dynamo=True, opset_version=DYNAMO_OPSET, verbose=False,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-        model, exporter = program.model_proto, f"torch.onnx dynamo (opset {DYNAMO_OPSET})"
-    except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
-        log.warning("export: the torch.export-based ONNX exporter failed (%s: %s); using the legacy "
-                    "TorchScript-based exporter", type(err).__name__, str(err).splitlines()[0][:200])
-        buffer = io.BytesIO()
-        with _quiet_known_warnings():
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=LEGACY_OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        model, exporter = onnx.load_from_string(buffer.getvalue()), f"torch.onnx legacy (opset {LEGACY_OPSET})"
+    """The serialised ModelProto with the deployment's metadata, and which exporter made it."""
+    model, exporter = onnx_model(module, example, INPUT_NAME, OUTPUT_NAME)
     del model.metadata_props[:]
     for key, value in metadata.items():
         entry = model.metadata_props.add()
@@ -283,7 +223,7 @@ def _onnx_bytes(module: nn.Module, example: torch.Tensor, metadata: dict) -> tup
 
 
 def _onnx_runner(path: Path):
-    ort = _require("onnxruntime")
+    ort = require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
@@ -292,13 +232,13 @@ def _onnx_runner(path: Path):
 def _write_torchscript(module: nn.Module, example: torch.Tensor, metadata: dict, path: Path) -> None:
     # Tracing, not scripting: timm backbones are not all scriptable, and the check run below
     # catches any input-dependent path the trace froze.
-    with _quiet_known_warnings(), torch.inference_mode(False), torch.no_grad():
+    with quiet_known_warnings(), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(module, (example,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
 
 
 def _torchscript_runner(path: Path):
-    with _quiet_known_warnings():
+    with quiet_known_warnings():
         loaded = torch.jit.load(str(path), map_location="cpu")
     loaded.eval()
     return lambda x: loaded(x).numpy()

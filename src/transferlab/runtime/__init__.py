@@ -1,0 +1,1 @@
+"""Where a frozen network runs: PyTorch, or its ONNX export under onnxruntime."""

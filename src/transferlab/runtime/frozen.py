@@ -1,0 +1,249 @@
+"""The frozen pass of a network (pixels in, pooled features out, no gradient) in PyTorch or in
+onnxruntime. On a CPU onnxruntime runs the same EfficientNet-Lite 3-4 times faster than PyTorch
+eager, so `--runtime auto` uses it there. The graph is exported once per extractor and kept in
+the cache folder beside the features (`onnx/<key>.onnx` with `<key>.json`); it is checked against
+PyTorch when made and by its SHA-256 whenever it is read, and a file that fails either is made
+again, never trusted."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..common.atomic import write_bytes, write_json
+from ..config import RUNTIMES
+from ..errors import TransferlabError
+from ..models.network import Network
+from ..models.same_padding import freeze_same_padding
+from .onnx_graph import exporters, quiet_known_warnings
+
+log = logging.getLogger("transferlab")
+
+GRAPH_FORMAT = 1  # bump when the exported graph changes, so older files are made again
+# Largest difference from PyTorch a graph may show, relative to the largest feature: fp32 kernels
+# that sum in another order differ by about 1e-6 of it.
+TOLERANCE = 1e-4
+INPUT, OUTPUT = "pixels", "features"
+_FAILED: dict[str, str] = {}  # extractor key -> why its graph could not be made, in this process
+
+
+def onnx_missing() -> str | None:
+    """The first package the onnxruntime pass needs that is not installed, else None."""
+    for name in ("onnxruntime", "onnx", "onnxscript"):
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """'torch' or 'onnx' for a frozen pass on `device`. `auto` is onnx on a CPU where the packages
+    are installed (one line otherwise) and torch on an accelerator, where PyTorch is the fast one."""
+    if runtime not in RUNTIMES:
+        raise TransferlabError(f"--runtime '{runtime}' is not known: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "torch" or (runtime == "auto" and str(device) != "cpu"):
+        return "torch"
+    missing = onnx_missing()
+    if missing and runtime == "onnx":
+        raise TransferlabError(f"--runtime onnx: the '{missing}' package is missing: pip install onnx "
+                               "onnxruntime onnxscript, or give --runtime torch")
+    if missing:
+        say_once(f"runtime: '{missing}' is not installed: frozen passes run in PyTorch (pip install onnx "
+              "onnxruntime onnxscript for the faster onnxruntime pass)")
+        return "torch"
+    return "onnx"
+
+
+class TorchPass:
+    """The frozen pass in PyTorch: eval mode, inference mode, channels_last, on `device`."""
+
+    runtime = "torch"
+
+    def __init__(self, network: Network, device: str = "cpu"):
+        self.network, self.device = network, device
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        return self.network.features(batch).float().cpu().numpy()
+
+
+class OnnxPass:
+    """The frozen pass as an onnxruntime session on the CPU."""
+
+    runtime = "onnx"
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        pixels = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        return self.session.run(None, {INPUT: pixels})[0]
+
+
+def runtime_key(key: str, runtime: str) -> str:
+    """The feature-cache key of features computed by `runtime`. onnxruntime's features differ from
+    PyTorch's by about 1e-6 of the largest (not bit for bit, the cache's precision), so they are
+    kept apart; PyTorch's keep the key they always had."""
+    if runtime == "torch":
+        return key
+    return hashlib.sha1(f"{key}:onnxruntime".encode()).hexdigest()[:20]
+
+
+class NotExportable(Exception):
+    """This network's ONNX graph cannot be made, or computes other features than PyTorch."""
+
+
+def unexportable(key: str, cache: Path | None) -> str | None:
+    """Why the graph of extractor `key` could not be made before (kept so that a run does not try
+    again), or None."""
+    if key in _FAILED:
+        return _FAILED[key]
+    if cache is None:
+        return None
+    try:
+        record = json.loads((cache / "onnx" / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("format") == GRAPH_FORMAT and record.get("torch") == torch.__version__:
+        return record.get("failed")
+    return None
+
+
+def frozen_pass(network: Network, input_size: int, key: str, runtime: str, cache: Path | None = None,
+                device: str = "cpu"):
+    """A callable from an NCHW uint8 batch to its (N, F) float32 features, in `runtime` ('torch' or
+    'onnx', as resolved). `key` is the extractor's (PyTorch) key that names the graph file; `cache`
+    the cache root (None: the graph is made in memory for this process). NotExportable when the
+    graph cannot be made or disagrees with PyTorch; the reason is kept so the next run does not
+    try again."""
+    network.eval()
+    if runtime == "torch":
+        network.to(device).to(memory_format=torch.channels_last)
+        return TorchPass(network, device)
+    try:
+        return OnnxPass(_session(_graph(network, input_size, key, cache)))
+    except NotExportable as err:
+        _FAILED[key] = str(err)
+        if cache is not None:
+            try:
+                write_json(cache / "onnx" / f"{key}.json", {"format": GRAPH_FORMAT, "torch": torch.__version__,
+                                                            "failed": str(err)})
+            except (OSError, TransferlabError):
+                pass  # kept for this process only
+        raise
+
+
+# -- the graph file ---------------------------------------------------------------------------
+
+class _Features(nn.Module):
+    def __init__(self, network: Network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network.features(pixels).float()
+
+
+def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> bytes:
+    """The graph's bytes: read from the cache when whole and of this format, else exported,
+    checked and written there."""
+    path = cache / "onnx" / f"{key}.onnx" if cache is not None else None
+    if path is not None and path.is_file():
+        data, why = _read(path)
+        if data is not None:
+            return data
+        log.warning(f"onnx graph '{path}' {why}: made again")
+    data, exporter, diff = _export(network, input_size)
+    if path is not None:
+        try:
+            write_bytes(path, data)
+            write_json(path.with_suffix(".json"), {"format": GRAPH_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
+                                                   "bytes": len(data), "input_size": input_size,
+                                                   "exporter": exporter, "max_relative_diff": diff,
+                                                   "torch": torch.__version__})
+        except (OSError, TransferlabError) as err:  # a read-only cache: the graph still serves this run
+            log.warning(f"onnx graph not kept in '{path.parent}' ({err}): made again by the next run")
+    return data
+
+
+def _read(path: Path) -> tuple[bytes | None, str]:
+    """(the file's bytes, "") when its record says it is whole and of this format; else (None, why)."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError) as err:
+        return None, f"has no readable record ({type(err).__name__})"
+    if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT:
+        return None, "is of another format"
+    if record.get("failed"):
+        return None, "was recorded as failed"
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):  # about 20 ms for Lite0's 14 MB
+        return None, "is damaged (its SHA-256 is not the one recorded when it was made)"
+    return data, ""
+
+
+def _export(network: Network, input_size: int) -> tuple[bytes, str, float]:
+    """Export the features pass at `input_size`: the fast legacy exporter first, the
+    torch.export-based one when the first cannot capture the network or its graph disagrees with
+    PyTorch on random and saturated pixels at batch sizes other than the traced one."""
+    module = _Features(copy.deepcopy(network).cpu()).eval()
+    gen = torch.Generator().manual_seed(1)
+    example = torch.randint(0, 256, (2, 3, input_size, input_size), generator=gen).float()
+    freeze_same_padding(module.network, example)  # the graph only ever sees this input size
+    checks = [torch.randint(0, 256, (3, 3, input_size, input_size), generator=gen).float(),
+              torch.full((1, 3, input_size, input_size), 255.0)]
+    with torch.inference_mode():
+        expected = [module(x).numpy() for x in checks]
+    why = ""
+    for make in reversed(exporters("runtime")):
+        try:
+            with quiet_known_warnings(), torch.inference_mode(False), torch.no_grad():
+                model, exporter = make(module, example, INPUT, OUTPUT)
+            data = model.SerializeToString()
+            session = _session(data)
+            worst = max(_difference(session.run(None, {INPUT: x.numpy()})[0], e) for x, e in zip(checks, expected))
+        except TransferlabError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any network this exporter cannot capture
+            why = f"the ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+            continue
+        if worst <= TOLERANCE:
+            log.info(f"runtime: exported the frozen pass to ONNX ({exporter}, max relative difference {worst:.1g})")
+            return data, exporter, worst
+        why = f"the ONNX graph's features differ from PyTorch's by {worst:.2g} of the largest (more than {TOLERANCE:g})"
+    raise NotExportable(why)
+
+
+def _difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest difference relative to the largest feature; inf for another shape or a non-finite value."""
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        return float("inf")
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-6))
+
+
+def _session(data: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # As many threads as PyTorch is given: the same share of the cores, decoding beside it.
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    with quiet_known_warnings():
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+_SAID: set[str] = set()
+
+
+def say_once(line: str, level: int = logging.WARNING) -> None:
+    """A line said once per process: a fallback repeats for every pass of a run."""
+    if line not in _SAID:
+        _SAID.add(line)
+        log.log(level, line)

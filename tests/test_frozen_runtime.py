@@ -1,0 +1,151 @@
+"""Frozen passes in onnxruntime: the graph computes PyTorch's features, is made once and kept in
+the cache, is made again when damaged, keeps its features under a key of their own, and gives
+way to PyTorch in one line where onnxruntime is missing or the graph cannot be made."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab.cli import main
+from transferlab.data.types import ImageRef
+from transferlab.errors import TransferlabError
+from transferlab.features.extract import extract_features, extractor_key, frozen_features
+from transferlab.features.store import FeatureStore
+from transferlab.models.factory import ModelSpec, build_model
+from transferlab.models.network import to_batch
+from transferlab.runtime import frozen
+
+PACKAGED = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_memory(monkeypatch):
+    monkeypatch.setattr(frozen, "_FAILED", {})
+    monkeypatch.setattr(frozen, "_SAID", set())
+
+
+def _refs(folder):
+    return [ImageRef.from_file(p) for p in sorted(folder.rglob("*.png"))]
+
+
+@pytest.mark.parametrize("backbone", PACKAGED)
+def test_the_onnx_pass_computes_pytorchs_features_for_each_packaged_backbone(backbone):
+    built = build_model(ModelSpec(backbone, weights="none"))
+    size = built.preprocess.input_size
+    pixels = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    onnx_pass = frozen.frozen_pass(built.network, size, "k", "onnx")
+    assert onnx_pass.runtime == "onnx"
+    with torch.inference_mode():
+        expected = built.network.features(pixels).numpy()
+    got = onnx_pass(pixels)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _small(image_size=64):
+    return build_model(ModelSpec("mobilenetv2_050", weights="none", image_size=image_size))
+
+
+def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder):
+    images = _refs(colour_folder(tmp_path / "c", per_class=3, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "torch", progress=False)
+    assert [p.stem for p in (tmp_path / "cache" / "features").glob("*.sqlite")] == [key]
+    assert not (tmp_path / "cache" / "onnx").exists()
+    # Today's path: the same network called in PyTorch over the same batch.
+    direct = extract_features(built.network, images, built.preprocess, FeatureStore(None), progress=False)
+    assert np.array_equal(got.features, direct.features)
+
+
+def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_folder, caplog):
+    images = _refs(colour_folder(tmp_path / "c", per_class=4, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    cache = tmp_path / "cache"
+    torch_run = frozen_features(built.network, images, built.preprocess, key, cache, "torch", progress=False)
+    onnx_run = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False)
+    assert onnx_run.computed == len(images)  # not read from PyTorch's store
+    stems = sorted(p.stem for p in (cache / "features").glob("*.sqlite"))
+    assert stems == sorted([key, frozen.runtime_key(key, "onnx")])
+    assert (cache / "onnx" / f"{key}.onnx").is_file()
+    scale = np.abs(torch_run.features).max()
+    assert np.abs(onnx_run.features - torch_run.features).max() <= 1e-4 * scale
+    again = frozen_features(built.network, images, built.preprocess, key, cache, "auto", progress=False)
+    assert again.cached == len(images) and np.array_equal(again.features, onnx_run.features)
+
+
+def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog):
+    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    cache = tmp_path / "cache"
+    first = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False).features
+    graph = cache / "onnx" / f"{key}.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # weights zeroed: still a valid protobuf
+    graph.write_bytes(bytes(data))
+    for store in (cache / "features").glob("*.sqlite"):
+        store.unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        second = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(graph) in warnings[0] and "damaged" in warnings[0], warnings
+    assert np.array_equal(second.features, first)
+    assert graph.read_bytes() != bytes(data)
+
+
+def test_without_onnxruntime_auto_falls_back_in_one_line_and_onnx_is_refused(tmp_path, colour_folder, monkeypatch,
+                                                                             caplog):
+    monkeypatch.setattr(frozen, "onnx_missing", lambda: "onnxruntime")
+    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    with caplog.at_level(logging.WARNING, logger="transferlab"):
+        for _ in range(2):
+            frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "auto", progress=False)
+    assert len(caplog.records) == 1 and "'onnxruntime' is not installed" in caplog.records[0].getMessage()
+    assert [p.stem for p in (tmp_path / "cache" / "features").glob("*.sqlite")] == [key]
+    with pytest.raises(TransferlabError, match="--runtime onnx: the 'onnxruntime' package is missing"):
+        frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "onnx", progress=False)
+
+
+def test_a_graph_that_cannot_be_made_gives_way_to_pytorch_and_is_not_tried_again(tmp_path, colour_folder,
+                                                                               monkeypatch, caplog):
+    calls = []
+
+    def fails(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(frozen, "exporters", lambda what: (fails, fails))
+    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "auto",
+                              progress=False)
+    assert got.computed == len(images) and len(calls) == 2  # each exporter tried once
+    assert len(FeatureStore.for_extractor(key, tmp_path / "cache").get_many([im.key for im in images])) == len(images)
+    lines = [r.getMessage() for r in caplog.records if r.name == "transferlab"]
+    assert len(lines) == 1 and "unsupported operator" in lines[0] and "PyTorch" in lines[0]
+    monkeypatch.setattr(frozen, "_FAILED", {})  # a new process: the record in the cache says it
+    frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "auto", progress=False)
+    assert len(calls) == 2
+
+
+def test_runtime_option_is_checked_and_a_features_run_agrees_across_runtimes(tmp_path, colour_folder, capsys):
+    data = colour_folder(tmp_path / "c", per_class=8)
+    base = ["-q", "train", str(data), "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--strategy", "features", "--weights", "none", "--image-size", "32", "--backbone", "mobilenetv2_050"]
+    assert main([*base, "--runtime", "onnxx"]) == 2
+    assert "--runtime 'onnxx' is not known (did you mean onnx?)" in capsys.readouterr().err
+    assert main([*base, "--runtime", "torch", "--name", "torch"]) == 0
+    assert main([*base, "--runtime", "onnx", "--name", "onnx"]) == 0
+    import json
+
+    scores = [json.loads((tmp_path / "runs" / n / "metrics.json").read_text()) for n in ("torch", "onnx")]
+    split = scores[0]["score_split"]
+    assert scores[0][split]["accuracy"] == scores[1][split]["accuracy"]
