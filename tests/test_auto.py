@@ -227,3 +227,35 @@ def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hym
         assert (rows[name]["val_accuracy"], rows[name]["seconds"]) == (row["val_accuracy"], row["seconds"])
     assert rows["finetune tf_efficientnet_lite0"]["status"] == "ok"
     assert not (run / "auto").exists() and (run / "metrics.json").is_file()
+
+
+class _FastFrozen(_Slow):
+    """A features candidate whose backbone pass ran in onnxruntime, 3 times PyTorch's speed."""
+
+    def fit(self, train, val=None, callbacks=()):
+        super().fit(train, val, callbacks)
+        self.fit_info_ = {"frozen_seconds": 0.1, "frozen_torch_seconds": 0.3}
+        return self
+
+
+def test_what_runs_in_pytorch_is_costed_at_pytorchs_speed_when_the_features_ran_faster():
+    """Training and bilinear-pooled features stay in PyTorch: their estimates add what the first
+    candidate's backbone pass would have taken there, not the faster runtime's seconds."""
+    from transferlab.selection import auto
+
+    train, val = _Sized(np.repeat([0, 1], 10)), _Sized([0, 1] * 3)
+
+    def estimates(model):
+        _, candidates, _ = auto.choose(lambda options: model(options, lambda o: 0.7), train, val, None,
+                                       time.perf_counter() + 3600, lambda m, v: (0.7, 0.5))
+        return {c.name: c.estimate for c in candidates}
+
+    torch_only, faster = estimates(_Slow), estimates(_FastFrozen)
+    finetune = next(n for n in faster if n.startswith("finetune"))
+    # The first candidate took about 0.2 s either way; in PyTorch its pass would have taken 0.2 s more.
+    assert faster[finetune] == pytest.approx(torch_only[finetune] * (0.2 + 0.2) / 0.2, rel=0.3)
+    pooled = next(n for n in faster if n.endswith("bilinear pooling"))
+    assert faster[pooled] > 1.5 * torch_only[pooled]
+    # Features candidates run in the faster runtime: costed at its own measured speed.
+    assert faster["features tf_efficientnet_lite1"] == pytest.approx(torch_only["features tf_efficientnet_lite1"],
+                                                                     rel=0.3)

@@ -246,10 +246,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                                 "cached": sum(ex.cached for ex in extracted)}
         self.history_ = []
         head = self.network_.head
+        # The backbone's own seconds, and what they would have been in PyTorch: auto costs the
+        # candidates that run there from them.
+        frozen = {"frozen_seconds": round(sum(ex.forward_seconds for ex in extracted), 3),
+                  "frozen_torch_seconds": round(sum(ex.torch_seconds for ex in extracted), 3)}
         if parse_head(cfg.head)[0] == "linear":
             fitting = time.perf_counter()
             self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed)
-            self.fit_info_["classifier_seconds"] = round(time.perf_counter() - fitting, 3)
+            self.fit_info_.update(classifier_seconds=round(time.perf_counter() - fitting, 3), **frozen)
             return
         if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
@@ -268,7 +272,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                              if x_val is not None else None)
         head.eval()
         self.history_ = result.history
-        self.fit_info_ = {"classifier": "mlp head", "best_epoch": result.best_epoch}
+        self.fit_info_ = {"classifier": "mlp head", "best_epoch": result.best_epoch, **frozen}
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -375,7 +379,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         # Every member decodes the same files, so they fail on the same ones; rows of the readable.
         features = np.concatenate([p.features[ok[p.ok]] for p in parts], 1)
         return Extracted(features, ok, parts[0].failures, computed=sum(p.computed for p in parts),
-                         cached=sum(p.cached for p in parts))
+                         cached=sum(p.cached for p in parts), forward_seconds=sum(p.forward_seconds for p in parts),
+                         torch_seconds=sum(p.torch_seconds for p in parts))
 
     def _member_features(self, backbone: str, identity: str, network: Network, images: list[ImageRef],
                          desc: str, pooling: str | None = None) -> Extracted:

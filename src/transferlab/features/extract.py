@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class Extracted:
     failures: list[UnreadableImage] = field(default_factory=list)
     computed: int = 0
     cached: int = 0
+    forward_seconds: float = 0.0   # spent in the network's forward
+    torch_seconds: float = 0.0     # what that forward would have taken in PyTorch (runtime/frozen.py)
 
 
 def frozen_features(network: Network, images: list[ImageRef], preprocess: Preprocess, key: str,
@@ -100,16 +103,20 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     have = store.get_many(list(dict.fromkeys(keys)))
     todo = [i for i, k in enumerate(keys) if k not in have]
     failures: list[UnreadableImage] = []
+    forward_seconds, speedup = 0.0, 1.0
     if todo:
         key, cache = graph or (store.path.stem if store.path else "memory", None)
         forward = frozen_pass(network, preprocess.input_size, key, runtime, cache, device)
+        speedup = forward.speedup
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         todo_images = [images[i] for i in todo]
         with torch.inference_mode():
             for positions, batch, failed in _batches(todo_images, preprocess, batch_size, decoded, device):
                 failures += failed
                 if positions:
+                    started = time.perf_counter()
                     vectors = _features(forward, batch)
+                    forward_seconds += time.perf_counter() - started
                     new = {todo_images[p].key: v for p, v in zip(positions, vectors)}
                     store.put_many(new)
                     have.update(new)
@@ -119,7 +126,8 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     ok = np.array([k in have for k in keys], dtype=bool)
     dim = next(iter(have.values())).shape[0] if have else 0
     feats = np.stack([have[k] for k in keys if k in have]) if ok.any() else np.zeros((0, dim), np.float32)
-    return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo))
+    return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo),
+                     forward_seconds=forward_seconds, torch_seconds=forward_seconds * speedup)
 
 
 def _features(forward, batch: torch.Tensor) -> np.ndarray:

@@ -65,6 +65,7 @@ class TorchPass:
     """The frozen pass in PyTorch: eval mode, inference mode, channels_last, on `device`."""
 
     runtime = "torch"
+    speedup = 1.0  # against PyTorch
 
     def __init__(self, network: Network, device: str = "cpu"):
         self.network, self.device = network, device
@@ -78,8 +79,9 @@ class OnnxPass:
 
     runtime = "onnx"
 
-    def __init__(self, session):
+    def __init__(self, session, speedup: float):
         self.session = session
+        self.speedup = speedup  # PyTorch's seconds per batch over this pass's, measured when exported
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         pixels = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
@@ -127,7 +129,8 @@ def frozen_pass(network: Network, input_size: int, key: str, runtime: str, cache
         network.to(device).to(memory_format=torch.channels_last)
         return TorchPass(network, device)
     try:
-        return OnnxPass(_session(_graph(network, input_size, key, cache)))
+        data, speedup = _graph(network, input_size, key, cache)
+        return OnnxPass(_session(data), speedup)
     except NotExportable as err:
         _FAILED[key] = str(err)
         if cache is not None:
@@ -150,45 +153,47 @@ class _Features(nn.Module):
         return self.network.features(pixels).float()
 
 
-def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> bytes:
-    """The graph's bytes: read from the cache when whole and of this format, else exported,
-    checked and written there."""
+def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> tuple[bytes, float]:
+    """(the graph's bytes, its speed against PyTorch's): read from the cache when whole and of
+    this format, else exported, checked and written there."""
     path = cache / "onnx" / f"{key}.onnx" if cache is not None else None
     if path is not None and path.is_file():
-        data, why = _read(path)
+        data, why, speedup = _read(path)
         if data is not None:
-            return data
+            return data, speedup
         log.warning(f"onnx graph '{path}' {why}: made again")
-    data, exporter, diff = _export(network, input_size)
+    data, exporter, diff, speedup = _export(network, input_size)
     if path is not None:
         try:
             write_bytes(path, data)
             write_json(path.with_suffix(".json"), {"format": GRAPH_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                                                    "bytes": len(data), "input_size": input_size,
                                                    "exporter": exporter, "max_relative_diff": diff,
-                                                   "torch": torch.__version__})
+                                                   "speedup": speedup, "torch": torch.__version__})
         except (OSError, TransferlabError) as err:  # a read-only cache: the graph still serves this run
             log.warning(f"onnx graph not kept in '{path.parent}' ({err}): made again by the next run")
-    return data
+    return data, speedup
 
 
-def _read(path: Path) -> tuple[bytes | None, str]:
-    """(the file's bytes, "") when its record says it is whole and of this format; else (None, why)."""
+def _read(path: Path) -> tuple[bytes | None, str, float]:
+    """(the file's bytes, "", its speedup) when its record says it is whole and of this format;
+    else (None, why, 1.0)."""
     try:
         record = json.loads(path.with_suffix(".json").read_text())
         data = path.read_bytes()
     except (OSError, ValueError) as err:
-        return None, f"has no readable record ({type(err).__name__})"
+        return None, f"has no readable record ({type(err).__name__})", 1.0
     if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT:
-        return None, "is of another format"
+        return None, "is of another format", 1.0
     if record.get("failed"):
-        return None, "was recorded as failed"
+        return None, "was recorded as failed", 1.0
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):  # about 20 ms for Lite0's 14 MB
-        return None, "is damaged (its SHA-256 is not the one recorded when it was made)"
-    return data, ""
+        return None, "is damaged (its SHA-256 is not the one recorded when it was made)", 1.0
+    speedup = record.get("speedup")
+    return data, "", float(speedup) if isinstance(speedup, (int, float)) and speedup > 0 else 1.0
 
 
-def _export(network: Network, input_size: int) -> tuple[bytes, str, float]:
+def _export(network: Network, input_size: int) -> tuple[bytes, str, float, float]:
     """Export the features pass at `input_size`: the fast legacy exporter first, the
     torch.export-based one when the first cannot capture the network or its graph disagrees with
     PyTorch on random and saturated pixels at batch sizes other than the traced one."""
@@ -214,10 +219,30 @@ def _export(network: Network, input_size: int) -> tuple[bytes, str, float]:
             why = f"the ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
             continue
         if worst <= TOLERANCE:
-            log.info(f"runtime: exported the frozen pass to ONNX ({exporter}, max relative difference {worst:.1g})")
-            return data, exporter, worst
+            speedup = _speedup(module, session, checks[0])
+            log.info(f"runtime: exported the frozen pass to ONNX ({exporter}, max relative difference {worst:.1g}, "
+                     f"{speedup:.1f}x PyTorch's speed)")
+            return data, exporter, worst, speedup
         why = f"the ONNX graph's features differ from PyTorch's by {worst:.2g} of the largest (more than {TOLERANCE:g})"
     raise NotExportable(why)
+
+
+def _speedup(module: nn.Module, session, pixels: torch.Tensor) -> float:
+    """PyTorch's seconds for a batch (channels_last, as TorchPass runs it) over onnxruntime's, each
+    timed on its second run: what `auto` needs to cost the passes that stay in PyTorch."""
+    import time
+
+    batch = torch.cat([pixels] * 3).contiguous(memory_format=torch.channels_last)
+    network = module.to(memory_format=torch.channels_last)  # the exporter's own copy
+    array = batch.contiguous().numpy()
+    seconds = []
+    for run in (lambda: network(batch), lambda: session.run(None, {INPUT: array})):
+        with torch.inference_mode():
+            run()
+            start = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - start)
+    return round(seconds[0] / max(seconds[1], 1e-9), 2)
 
 
 def _difference(got: np.ndarray, expected: np.ndarray) -> float:

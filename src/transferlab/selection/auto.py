@@ -54,6 +54,7 @@ class Candidate:
     seconds: float | None = None
     status: str = "pending"
     classifier_seconds: float | None = None  # of a features candidate: fitting its classifier
+    torch_extra: float = 0.0  # of a features candidate: what its backbone pass would have added in PyTorch
     scoring: float = 0.0   # seconds, estimated, of scoring the held-out images with it
     model: object = field(default=None, repr=False)
 
@@ -68,7 +69,8 @@ class Candidate:
 
     def saved_row(self) -> dict:
         """What a resumed run needs of a finished candidate besides its model."""
-        return {**self.row(), "classifier_seconds": self.classifier_seconds, "unrounded": {
+        return {**self.row(), "classifier_seconds": self.classifier_seconds, "torch_extra": self.torch_extra,
+                "unrounded": {
             "val_accuracy": self.val_accuracy, "val_log_loss": self.val_log_loss, "seconds": self.seconds,
             "estimate": self.estimate}}
 
@@ -77,6 +79,7 @@ class Candidate:
         self.val_accuracy, self.val_log_loss = exact["val_accuracy"], exact["val_log_loss"]
         self.seconds, self.estimate = exact["seconds"], exact["estimate"]
         self.classifier_seconds, self.status = row.get("classifier_seconds"), "ok"
+        self.torch_extra = float(row.get("torch_extra") or 0.0)
 
 
 def _round(value, digits: int = 4):
@@ -113,6 +116,9 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
     to win. `saved` keeps each finished candidate, so an interrupted run continues from them."""
     candidates = feature_candidates(backbone)
     unit = None  # seconds of a Lite0 features pass over train + val, once measured
+    # The same in PyTorch, for what runs there whatever the runtime: training, the scoring of a
+    # trained candidate, bilinear-pooled features (their ONNX graph is refused, 1e-4 off).
+    torch_unit = None
     passed = max(len(train) + len(val), 1) if scored_images else 1  # images of the measured pass
     after: list[float] = []  # the scoring after the choice, were each finished candidate to win
 
@@ -122,7 +128,12 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         winner's refit is not reserved: it runs when the time left allows it (`refit_fits`)."""
         if unit is None:
             return 0.0
-        return scored_images * unit / passed * _pass_cost(candidate.options)
+        return scored_images * pace(candidate) / passed * _pass_cost(candidate.options)
+
+    def pace(candidate: Candidate) -> float:
+        """The measured unit of the runtime `candidate`'s backbone passes run in."""
+        frozen = candidate.options["strategy"] == "features" and candidate.options.get("pooling") != "bilinear"
+        return unit if frozen else torch_unit
 
     def run(candidate: Candidate, extra_callbacks: Sequence = ()) -> None:
         kept = saved.finished(candidate.name, candidate.options) if saved is not None else None
@@ -156,7 +167,9 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
             return
         candidate.seconds = time.perf_counter() - start
         candidate.val_accuracy, candidate.val_log_loss = val_scores(model, val)
-        candidate.classifier_seconds = getattr(model, "fit_info_", {}).get("classifier_seconds")
+        info = getattr(model, "fit_info_", {})
+        candidate.classifier_seconds = info.get("classifier_seconds")
+        candidate.torch_extra = max(info.get("frozen_torch_seconds", 0.0) - info.get("frozen_seconds", 0.0), 0.0)
         candidate.model, candidate.status = model, "ok"
         candidate.scoring = ending(candidate)
         after.append(candidate.scoring)
@@ -171,6 +184,7 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         run(candidate)
         if unit is None and candidate.seconds is not None:
             unit = candidate.seconds / _cost(candidate.options["backbone"])
+            torch_unit = (candidate.seconds + candidate.torch_extra) / _cost(candidate.options["backbone"])
             candidate.scoring = ending(candidate)  # the first candidate's, now that its cost is known
             after[:] = [candidate.scoring]
     singles = [c for c in candidates if c.status == "ok" and "," not in c.options["backbone"]]
@@ -185,7 +199,7 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         candidates.append(squash)
         look = squash if squash.status == "ok" and _rank(squash) > _rank(best) else best
         pooling = Candidate(f"{look.name} bilinear pooling", {**look.options, "pooling": "bilinear"},
-                            unit * _cost(name) * BILINEAR_POOLING_OVER_FEATURES)
+                            torch_unit * _cost(name) * BILINEAR_POOLING_OVER_FEATURES)
         run(pooling)
         candidates.append(pooling)
         detail = fine_grained(train.labels)
@@ -193,13 +207,13 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
             size = HIGHER_RESOLUTION * NATIVE.get(name, 224)
             sharper = Candidate(f"{pooling.name} {size} px",
                                 {**pooling.options, "image_size": size, "layer": last_block_stage(name)},
-                                unit * _cost(name) * (HIGHER_RESOLUTION ** 2 + BILINEAR_POOLING_OVER_FEATURES - 1))
+                                torch_unit * _cost(name) * (HIGHER_RESOLUTION ** 2 + BILINEAR_POOLING_OVER_FEATURES - 1))
             run(sharper)
             candidates.append(sharper)
         later = [Candidate(f"finetune {name}", {"strategy": "finetune", "backbone": name},
-                           unit * _cost(name) * FINETUNE_OVER_FEATURES * UNFREEZE_3_OVER_1)]
+                           torch_unit * _cost(name) * FINETUNE_OVER_FEATURES * UNFREEZE_3_OVER_1)]
         if detail:
-            later.append(Candidate("bilinear", {"strategy": "bilinear"}, unit * FINETUNE_OVER_FEATURES))
+            later.append(Candidate("bilinear", {"strategy": "bilinear"}, torch_unit * FINETUNE_OVER_FEATURES))
         for candidate in later:
             left = deadline - time.perf_counter() - max([*after, ending(candidate)])
             # The budget callback ends its epochs in time for any winner's scoring; the estimate
