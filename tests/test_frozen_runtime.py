@@ -24,6 +24,7 @@ PACKAGED = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_l
 def _fresh_process_memory(monkeypatch):
     monkeypatch.setattr(frozen, "_FAILED", {})
     monkeypatch.setattr(frozen, "_SAID", set())
+    monkeypatch.setattr(frozen, "_SESSIONS", {})
 
 
 def _refs(folder):
@@ -88,6 +89,7 @@ def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog)
     graph.write_bytes(bytes(data))
     for store in (cache / "features").glob("*.sqlite"):
         store.unlink()
+    frozen._SESSIONS.clear()  # a new process: the graph is read from the cache again
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="transferlab"):
         second = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False)
@@ -149,3 +151,14 @@ def test_runtime_option_is_checked_and_a_features_run_agrees_across_runtimes(tmp
     scores = [json.loads((tmp_path / "runs" / n / "metrics.json").read_text()) for n in ("torch", "onnx")]
     split = scores[0]["score_split"]
     assert scores[0][split]["accuracy"] == scores[1][split]["accuracy"]
+
+
+def test_the_last_sessions_are_kept_so_image_by_image_prediction_reads_no_graph(tmp_path, monkeypatch):
+    built = _small()
+    first = frozen.frozen_pass(built.network, 64, "a", "onnx", tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(frozen, "_graph", lambda *args: pytest.fail("the graph was read again"))
+        assert frozen.frozen_pass(built.network, 64, "a", "onnx", tmp_path) is first
+    for key in ("b", "c"):
+        frozen.frozen_pass(built.network, 64, key, "onnx", tmp_path)
+    assert ("a", str(tmp_path)) not in frozen._SESSIONS and len(frozen._SESSIONS) == frozen.KEEP_SESSIONS

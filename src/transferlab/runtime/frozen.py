@@ -32,6 +32,8 @@ GRAPH_FORMAT = 1  # bump when the exported graph changes, so older files are mad
 # that sum in another order differ by about 1e-6 of it.
 TOLERANCE = 1e-4
 INPUT, OUTPUT = "pixels", "features"
+KEEP_SESSIONS = 2
+_SESSIONS: dict[tuple[str, str], "OnnxPass"] = {}  # the passes last made in this process, oldest first
 _FAILED: dict[str, str] = {}  # extractor key -> why its graph could not be made, in this process
 
 
@@ -128,9 +130,17 @@ def frozen_pass(network: Network, input_size: int, key: str, runtime: str, cache
     if runtime == "torch":
         network.to(device).to(memory_format=torch.channels_last)
         return TorchPass(network, device)
+    kept = (key, str(cache))
+    if kept in _SESSIONS:  # an API user predicting image by image: no graph read per call
+        return _SESSIONS[kept]
     try:
         data, speedup = _graph(network, input_size, key, cache)
-        return OnnxPass(_session(data), speedup)
+        made = OnnxPass(_session(data), speedup)
+        # The last few only: each session holds its weights (14-30 MB) and arenas.
+        while len(_SESSIONS) >= KEEP_SESSIONS:
+            del _SESSIONS[next(iter(_SESSIONS))]
+        _SESSIONS[kept] = made
+        return made
     except NotExportable as err:
         _FAILED[key] = str(err)
         if cache is not None:
