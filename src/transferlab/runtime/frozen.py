@@ -1,9 +1,9 @@
 """The frozen pass of a network (pixels in, pooled features out, no gradient) in PyTorch or in
 onnxruntime. On a CPU onnxruntime runs the same EfficientNet-Lite 3-4 times faster than PyTorch
 eager, so `--runtime auto` uses it there. The graph is exported once per extractor and kept in
-the cache folder beside the features (`onnx/<key>.onnx` with `<key>.json`); it is checked against
-PyTorch when made and by its SHA-256 whenever it is read, and a file that fails either is made
-again, never trusted."""
+the cache folder beside the features (`onnx/<key>.json`, naming the graph file by its digest); it
+is checked against PyTorch when made and by its SHA-256 whenever it is read, and a file that
+fails either is made again, never trusted."""
 
 from __future__ import annotations
 
@@ -165,40 +165,49 @@ class _Features(nn.Module):
 
 def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> tuple[bytes, float]:
     """(the graph's bytes, its speed against PyTorch's): read from the cache when whole and of
-    this format, else exported, checked and written there."""
-    path = cache / "onnx" / f"{key}.onnx" if cache is not None else None
-    if path is not None and path.is_file():
-        data, why, speedup = _read(path)
+    this format, else exported, checked and written there.
+
+    The record `<key>.json` names the graph file by its digest (`<key>-<sha256[:16]>.onnx`) and is
+    written after it: two processes exporting the same graph at once (compare --jobs) each leave
+    a record that names a whole file, never one's record beside the other's graph."""
+    record = cache / "onnx" / f"{key}.json" if cache is not None else None
+    if record is not None and record.is_file():
+        data, why, speedup = _read(record)
         if data is not None:
             return data, speedup
-        log.warning(f"onnx graph '{path}' {why}: made again")
+        log.warning(f"onnx graph of '{record}' {why}: made again")
     data, exporter, diff, speedup = _export(network, input_size)
-    if path is not None:
+    if record is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        graph = record.with_name(f"{key}-{digest[:16]}.onnx")
         try:
-            write_bytes(path, data)
-            write_json(path.with_suffix(".json"), {"format": GRAPH_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
-                                                   "bytes": len(data), "input_size": input_size,
-                                                   "exporter": exporter, "max_relative_diff": diff,
-                                                   "speedup": speedup, "torch": torch.__version__})
+            write_bytes(graph, data)
+            write_json(record, {"format": GRAPH_FORMAT, "file": graph.name, "sha256": digest, "bytes": len(data),
+                                "input_size": input_size, "exporter": exporter, "max_relative_diff": diff,
+                                "speedup": speedup, "torch": torch.__version__})
         except (OSError, TransferlabError) as err:  # a read-only cache: the graph still serves this run
-            log.warning(f"onnx graph not kept in '{path.parent}' ({err}): made again by the next run")
+            log.warning(f"onnx graph not kept in '{record.parent}' ({err}): made again by the next run")
     return data, speedup
 
 
-def _read(path: Path) -> tuple[bytes | None, str, float]:
-    """(the file's bytes, "", its speedup) when its record says it is whole and of this format;
+def _read(record_path: Path) -> tuple[bytes | None, str, float]:
+    """(the graph's bytes, "", its speedup) when the record names a whole file of this format;
     else (None, why, 1.0)."""
     try:
-        record = json.loads(path.with_suffix(".json").read_text())
-        data = path.read_bytes()
+        record = json.loads(record_path.read_text())
     except (OSError, ValueError) as err:
         return None, f"has no readable record ({type(err).__name__})", 1.0
-    if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT:
+    if not isinstance(record, dict) or record.get("format") != GRAPH_FORMAT or not isinstance(record.get("file"), str):
         return None, "is of another format", 1.0
     if record.get("failed"):
         return None, "was recorded as failed", 1.0
+    graph = record_path.with_name(Path(record["file"]).name)
+    try:
+        data = graph.read_bytes()
+    except OSError as err:
+        return None, f"is missing its file '{graph.name}' ({type(err).__name__})", 1.0
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):  # about 20 ms for Lite0's 14 MB
-        return None, "is damaged (its SHA-256 is not the one recorded when it was made)", 1.0
+        return None, f"is damaged ('{graph}': its SHA-256 is not the one recorded when it was made)", 1.0
     speedup = record.get("speedup")
     return data, "", float(speedup) if isinstance(speedup, (int, float)) and speedup > 0 else 1.0
 
