@@ -105,7 +105,9 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     failures: list[UnreadableImage] = []
     forward_seconds, speedup = 0.0, 1.0
     if todo:
-        key, cache = graph or (store.path.stem if store.path else "memory", None)
+        key, cache = graph or (store.path.stem if store.path else None, None)
+        if key is None:  # nothing names the graph (nor the session kept for it): PyTorch's pass
+            runtime = "torch"
         forward = frozen_pass(network, preprocess.input_size, key, runtime, cache, device)
         speedup = forward.speedup
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)

@@ -58,7 +58,7 @@ def resolve_runtime(runtime: str, device: str) -> str:
                                "onnxruntime onnxscript, or give --runtime torch")
     if missing:
         say_once(f"runtime: '{missing}' is not installed: frozen passes run in PyTorch (pip install onnx "
-              "onnxruntime onnxscript for the faster onnxruntime pass)")
+                 "onnxruntime onnxscript for the faster onnxruntime pass)")
         return "torch"
     return "onnx"
 
