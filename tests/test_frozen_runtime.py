@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from transferlab.cli import main
+from transferlab.data.cache import iter_decoded
 from transferlab.data.types import ImageRef
 from transferlab.errors import TransferlabError
-from transferlab.features.extract import extract_features, extractor_key, frozen_features
+from transferlab.features.extract import extractor_key, frozen_features
 from transferlab.features.store import FeatureStore
 from transferlab.models.factory import ModelSpec, build_model
 from transferlab.models.network import to_batch
@@ -33,7 +34,7 @@ def _refs(folder):
 
 @pytest.mark.parametrize("backbone", PACKAGED)
 def test_the_onnx_pass_computes_pytorchs_features_for_each_packaged_backbone(backbone):
-    built = build_model(ModelSpec(backbone, weights="none"))
+    built = build_model(ModelSpec(backbone))  # the packaged ImageNet weights
     size = built.preprocess.input_size
     pixels = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     onnx_pass = frozen.frozen_pass(built.network, size, "k", "onnx")
@@ -55,9 +56,12 @@ def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder
     got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "torch", progress=False)
     assert [p.stem for p in (tmp_path / "cache" / "features").glob("*.sqlite")] == [key]
     assert not (tmp_path / "cache" / "onnx").exists()
-    # Today's path: the same network called in PyTorch over the same batch.
-    direct = extract_features(built.network, images, built.preprocess, FeatureStore(None), progress=False)
-    assert np.array_equal(got.features, direct.features)
+    # Today's path: the network's own forward in PyTorch (channels_last) over the same batch.
+    crops = [built.preprocess.center_crop(p) for _, pixels, _ in
+             iter_decoded(images, built.preprocess.resize_size, built.preprocess.interpolation, 32) for p in pixels]
+    with torch.inference_mode():
+        direct = built.network.to(memory_format=torch.channels_last).features(to_batch(crops)).numpy()
+    assert np.array_equal(got.features, direct)
 
 
 def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_folder, caplog):
