@@ -166,3 +166,83 @@ def test_the_last_sessions_are_kept_so_image_by_image_prediction_reads_no_graph(
     for key in ("b", "c"):
         frozen.frozen_pass(built.network, 64, key, "onnx", tmp_path)
     assert ("a", str(tmp_path)) not in frozen._SESSIONS and len(frozen._SESSIONS) == frozen.KEEP_SESSIONS
+
+
+def test_a_cut_network_runs_in_onnxruntime_as_in_pytorch(tmp_path):
+    """The prefix cache's frozen front (the packaged Lite0 up to its last block stage) through
+    its graph gives PyTorch's activations, and a second build reads the kept graph."""
+    from transferlab.models.stages import module_chain
+    from transferlab.training.prefix_cache import Prefix, _run
+
+    built = build_model(ModelSpec("tf_efficientnet_lite0", strategy="finetune", num_classes=3))
+    network = built.network.eval()
+    chain = module_chain(network.backbone)
+    cut = [name for name, _ in chain].index("blocks.5")
+    prefix = Prefix(network, chain[:cut])
+    pixels = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    made = frozen.whole_pass(prefix, 224, frozen.EXPORT_PAYS_BACK, "auto", tmp_path / "cache")
+    assert made.runtime == "onnx"
+    with torch.inference_mode():
+        expected = _run(chain[:cut], network.normalize(pixels)).numpy()
+    got = made(pixels)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    frozen._SESSIONS.clear()  # another process: one image is enough, the graph is kept
+    assert frozen.whole_pass(prefix, 224, 1, "auto", tmp_path / "cache").runtime == "onnx"
+    assert frozen.whole_pass(prefix, 224, 1, "auto", tmp_path / "elsewhere").runtime == "torch"
+
+
+def test_prediction_runs_the_network_in_onnxruntime_when_its_export_pays_back(tmp_path, colour_folder, monkeypatch):
+    from transferlab.inference.probabilities import predict_pixels
+
+    images = _refs(colour_folder(tmp_path / "c", per_class=3, size=40))
+    built = _small()
+    network, pre = built.network.eval(), built.preprocess
+    cache = tmp_path / "cache"
+    crops = [pre.center_crop(p) for _, pixels, _ in iter_decoded(images, pre.resize_size, pre.interpolation, 32)
+             for p in pixels]
+    with torch.inference_mode():
+        today = torch.softmax(network.to(memory_format=torch.channels_last)(to_batch(crops)).float(), 1).numpy()
+    # Fewer images than pay back an export, nothing kept: PyTorch, exactly today's probabilities.
+    few, ok, _ = predict_pixels(network, images, pre, runtime="auto", cache=cache)
+    assert ok.all() and np.array_equal(few, today) and not (cache / "onnx").exists()
+    torch_only, _, _ = predict_pixels(network, images, pre, runtime="torch", cache=cache)
+    assert np.array_equal(torch_only, today)
+    # Asked for, or enough images: onnxruntime, within 1e-5, its graph kept for the next call.
+    made, ok, _ = predict_pixels(network, images, pre, runtime="onnx", cache=cache)
+    assert ok.all() and np.abs(made - today).max() <= 1e-5
+    assert len(list((cache / "onnx").glob("net-*.onnx"))) == 1
+    frozen._SESSIONS.clear()
+    kept, _, _ = predict_pixels(network, images, pre, runtime="auto", cache=cache)
+    assert np.array_equal(kept, made)
+    monkeypatch.setattr(frozen, "EXPORT_PAYS_BACK", 4)
+    frozen._SESSIONS.clear()
+    assert np.array_equal(predict_pixels(network, images, pre, runtime="auto", cache=tmp_path / "other")[0], made)
+    assert list((tmp_path / "other" / "onnx").glob("net-*.onnx"))
+    # Another network (trained further) never meets that graph.
+    with torch.no_grad():
+        list(network.parameters())[-1].add_(0.5)
+    moved, _, _ = predict_pixels(network, images, pre, runtime="onnx", cache=cache)
+    assert len(list((cache / "onnx").glob("net-*.onnx"))) == 2 and not np.allclose(moved, made)
+
+
+def test_the_predict_command_and_its_runtime_option(tmp_path, colour_folder, capsys):
+    data = colour_folder(tmp_path / "c", per_class=6, size=40)
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    assert main(["-q", "train", str(data), "--strategy", "frozen", "--backbone", "mobilenetv2_050", "--weights",
+                 "none", "--image-size", "64", "--epochs", "1", "--out", str(out), "--name", "r",
+                 "--cache-dir", str(cache)]) == 0
+    capsys.readouterr()
+    rows = {}
+    for runtime in ("torch", "onnx"):
+        assert main(["-q", "predict", str(out / "r"), str(data), "--format", "json", "--runtime", runtime,
+                     "--cache-dir", str(cache)]) == 0
+        import json
+
+        rows[runtime] = json.loads(capsys.readouterr().out)["predictions"]
+    assert [r["top"][0]["class"] for r in rows["torch"]] == [r["top"][0]["class"] for r in rows["onnx"]]
+    assert max(abs(a["top"][0]["probability"] - b["top"][0]["probability"])
+               for a, b in zip(rows["torch"], rows["onnx"])) <= 1e-5
+    with pytest.raises(SystemExit) as stopped:
+        main(["-q", "predict", str(out / "r"), str(data), "--runtime", "tpu"])
+    assert stopped.value.code == 2
+    assert "--runtime" in capsys.readouterr().err

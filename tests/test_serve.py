@@ -249,7 +249,7 @@ def test_metadata_describes_the_run(server, run):
     assert meta["classes"] == ["ants", "bees"] and meta["input_size"] == 224
     assert meta["backbone"] == "tf_efficientnet_lite0" and meta["strategy"] == "features"
     assert meta["score"]["accuracy"] == metrics["test"]["accuracy"] and meta["score"]["split"] == "test"
-    assert meta["transferlab_version"] == transferlab.__version__ and meta["engine"] == "pytorch"
+    assert meta["transferlab_version"] == transferlab.__version__ and meta["engine"] == "onnx"
     assert meta["limits"] == {"max_files": 4, "max_bytes": 2 * 2**20, "max_pixels": 1_000_000}
     page = server.client.get("/")
     assert page.status_code == 200 and "/static/app.js" in page.text

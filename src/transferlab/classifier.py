@@ -322,7 +322,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                 logits = self.network_.head(torch.from_numpy(ex.features))
             return torch.softmax(logits, 1).numpy(), ex.ok, ex.failures
         proba, ok, failures = predict_pixels(self.network_, images, self.preprocess_, cfg.batch_size,
-                                             resolve_device(cfg.device), self.progress, tta)
+                                             resolve_device(cfg.device), self.progress, tta, cfg.runtime,
+                                             cache_root(cfg.cache_dir) if cfg.feature_cache else None)
         self.network_.to("cpu")
         return (proba if ok.any() else nothing), ok, failures
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from ..config import COMPARE_OWNED, RunConfig
+from ..config import COMPARE_OWNED, RUNTIMES, RunConfig
 from ..errors import TransferlabError
 from .parser import arg, stderr
 
@@ -17,6 +17,8 @@ RUN = "a run directory written by `transferlab train`"
 PATHS = "image files, folders (searched recursively) or quoted globs"
 LAYER = "module name, stage-K or Keras name (see `transferlab layers`)"
 FORCE = arg("--force", action="store_true", help="replace the file given if it exists (never a run's own files)")
+RUNTIME = arg("--runtime", choices=RUNTIMES, help="where the network runs: onnx (onnxruntime, the CPU's fast one), "
+              "torch, or auto (default: onnx on a CPU when its graph is kept or pays back its export)")
 
 
 @dataclass
@@ -108,7 +110,7 @@ def lr_find(args: argparse.Namespace, progress: bool) -> None:
                  help="which split of DATA (default: its held-out split, or all of it)"),
              arg("--tta", action="store_true", help="average each image's ten views (centre and corner crops, "
                                                     "mirrored)"),
-             arg("--json", help="also write the metrics to this JSON file"), FORCE])
+             arg("--json", help="also write the metrics to this JSON file"), RUNTIME, FORCE])
 def evaluate(args: argparse.Namespace, progress: bool) -> None:
     from ..api import evaluate as run_evaluate
     from ..common.atomic import write_json
@@ -116,7 +118,7 @@ def evaluate(args: argparse.Namespace, progress: bool) -> None:
 
     if args.json:
         claim_output(args.json, args.force)
-    metrics = run_evaluate(args.run, args.data, args.split, progress=progress, tta=args.tta)
+    metrics = run_evaluate(args.run, args.data, args.split, progress=progress, tta=args.tta, runtime=args.runtime)
     if args.json:
         write_json(Path(args.json), metrics, overwrite=args.force)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images")
@@ -151,7 +153,8 @@ def backbones(args: argparse.Namespace, progress: bool) -> None:
                         help="output format (default table)"),
                     arg("--output", help="write to this file instead of the screen"),
                     arg("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)"),
-                    FORCE])
+                    RUNTIME, arg("--cache-dir", help="where the network's onnxruntime graph is kept (default "
+                                 "$TRANSFERLAB_CACHE or ~/.cache/transferlab)"), FORCE])
 def predict(args: argparse.Namespace, progress: bool) -> None:
     from ..common.atomic import write_text
     from ..common.run_files import claim_output
@@ -160,7 +163,8 @@ def predict(args: argparse.Namespace, progress: bool) -> None:
 
     if args.output:
         claim_output(args.output, args.force)
-    result = run_predict(args.run, args.paths, args.top_k, args.tta, progress=progress)
+    result = run_predict(args.run, args.paths, args.top_k, args.tta, progress=progress,
+                         runtime=args.runtime or "auto", cache_dir=args.cache_dir)
     for line in result["unreadable"]:
         stderr(f"unreadable: {line}")
     if not result["predictions"]:
@@ -212,14 +216,14 @@ def export(args: argparse.Namespace, progress: bool) -> None:
                         "header before decoding (default 40000000)"),
                     arg("--threads", type=int, help="threads of the network in each worker (default: the "
                         "worker's share of the cores less one, left to decoding and HTTP)"),
-                    arg("--no-access-log", action="store_true", help="do not log each request")])
+                    RUNTIME, arg("--no-access-log", action="store_true", help="do not log each request")])
 def serve(args: argparse.Namespace, progress: bool) -> None:
     from ..serving.server import serve as run_serve
     from ..serving.uploads import Limits
 
     limits = Limits(args.max_files, int(args.max_mb * 2**20), args.max_pixels)
     run_serve(args.run, args.host, args.port, args.workers, args.onnx, args.batch_size, args.batch_wait_ms,
-              limits, access_log=not args.no_access_log, threads=args.threads)
+              limits, access_log=not args.no_access_log, threads=args.threads, runtime=args.runtime or "auto")
 
 
 @command("explain", "Grad-CAM: where in each image the run saw the evidence for its class",

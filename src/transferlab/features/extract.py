@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..common.progress import progress_bar
-from ..data.cache import DecodedImages, iter_decoded
+from ..data.cache import DecodedImages, frozen_batches
 from ..data.decode import UnreadableImage
 from ..data.device_decode import decode_crops, supported
 from ..data.types import ImageRef
@@ -145,11 +145,11 @@ def _features(forward, batch: torch.Tensor) -> np.ndarray:
 def _batches(images: list[ImageRef], preprocess: Preprocess, batch_size: int, decoded: DecodedImages | None,
              device: str):
     """(positions, NCHW uint8 batch on `device`, failures): decoded on the CPU (the decoded-image
-    cache, threads one batch ahead), or, on a GPU, by the device decoder with the next batch's files
+    cache, data/cache.py frozen_batches), or, on a GPU, by the device decoder with the next batch's files
     read and decoded while the current one runs."""
     if not device_decoding(device, preprocess):
-        for positions, pixels, failed in iter_decoded(images, preprocess.resize_size, preprocess.interpolation,
-                                                      batch_size, decoded):
+        for positions, pixels, failed in frozen_batches(images, preprocess.resize_size, preprocess.interpolation,
+                                                        batch_size, decoded, device):
             batch = to_batch([preprocess.center_crop(p) for p in pixels]) if pixels else None
             if batch is not None and str(device).startswith("cuda"):  # pinned: the copy overlaps the next decode
                 batch = batch.pin_memory().to(device, non_blocking=True)

@@ -10,24 +10,32 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.paths import cache_root
 from ..data.sources import gather_files
 from ..data.types import ImageRef
 from ..errors import TransferlabError
 from ..models import saved
+from ..runtime.frozen import resolve_runtime
 from .probabilities import predict_pixels
 
 FORMATS = ("table", "csv", "json")
 
 
 def predict(run: str | Path, paths: list[str], top_k: int = 3, tta: bool = False,
-            batch_size: int = 32, progress: bool = True) -> dict:
-    """{"predictions": [{"path", "top": [{"class", "probability"}, ...]}], "unreadable": [...]}."""
+            batch_size: int = 32, progress: bool = True, runtime: str = "auto",
+            cache_dir: str | Path | None = None) -> dict:
+    """{"predictions": [{"path", "top": [{"class", "probability"}, ...]}], "unreadable": [...]}.
+
+    `runtime`: where the network runs (runtime/frozen.py; auto is onnxruntime on a CPU when its
+    graph is kept in the cache folder or the images are enough to pay its export back)."""
     top_classes(top_k, 1, f"--top-k {top_k}")  # refused before the run loads
+    resolve_runtime(runtime, "cpu")
     model = saved.load(run)
     k = top_classes(top_k, len(model.classes), f"--top-k {top_k}")
     files = gather_files(paths)
     refs = [ImageRef.from_file(f) for f in files]
-    proba, ok, failures = predict_pixels(model.network, refs, model.preprocess, batch_size, "cpu", progress, tta)
+    proba, ok, failures = predict_pixels(model.network, refs, model.preprocess, batch_size, "cpu", progress, tta,
+                                         runtime, cache_root(cache_dir))
     order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     readable = [f for f, good in zip(files, ok) if good]
     predictions = [{"path": str(f), "top": [{"class": model.classes[j], "probability": float(p[j])} for j in idx]}

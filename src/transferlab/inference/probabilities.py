@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..common.progress import progress_bar
-from ..data.cache import iter_decoded
+from ..data.cache import frozen_batches
 from ..data.decode import UnreadableImage, decode
 from ..data.types import ImageRef
 from ..models.network import Network, to_batch
 from ..models.preprocess import Preprocess
+from ..runtime.frozen import whole_pass
+
 
 
 def ten_views(pixels: np.ndarray, size: int) -> list[np.ndarray]:
@@ -43,32 +46,40 @@ def tta_views(pixels: np.ndarray, pre: Preprocess) -> list[np.ndarray]:
     return views
 
 
+def _softmax(logits: np.ndarray, mean: bool = False) -> np.ndarray:
+    proba = torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)), 1)
+    return (proba.mean(0, keepdim=True) if mean else proba).numpy()
+
+
 def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, batch_size: int = 32,
-                   device: str = "cpu", progress: bool = False, tta: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray, list[UnreadableImage]]:
-    """(softmax probabilities of the readable images, mask of readable images, failures).
+                   device: str = "cpu", progress: bool = False, tta: bool = False, runtime: str = "torch",
+                   cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, list[UnreadableImage]]:
+    """(softmax probabilities of the readable images, mask of readable images, failures), the
+    network run by runtime/frozen.py's `whole_pass` (`runtime`, the graph kept under `cache`).
 
     With `tta`, each image's probabilities are the mean over its views (tta_views)."""
-    network.eval().to(device).to(memory_format=torch.channels_last)
+    views = (12 if pre.resize == "squash" else 10) if tta else 1  # tta_views
+    forward = whole_pass(network, pre.input_size, len(images) * views, runtime, cache, device)
     ok = np.zeros(len(images), dtype=bool)
     failures: list[UnreadableImage] = []
     rows: list[np.ndarray] = []
     bar = progress_bar(total=len(images), desc="predict", enabled=progress)
     with torch.inference_mode():
         size = tta_decode_size(pre) if tta else pre.resize_size
-        for positions, pixels, failed in iter_decoded(images, size, pre.interpolation, batch_size):
+        for positions, pixels, failed in frozen_batches(images, size, pre.interpolation, batch_size, None, device):
             failures += failed
             if pixels and tta:
                 for p in pixels:
                     x = to_batch(tta_views(p, pre)).to(device)
-                    rows.append(torch.softmax(network(x).float(), 1).mean(0, keepdim=True).cpu().numpy())
+                    rows.append(_softmax(forward(x), mean=True))
                 ok[positions] = True
             elif pixels:
                 x = to_batch([pre.center_crop(p) for p in pixels]).to(device)
-                rows.append(torch.softmax(network(x).float(), 1).cpu().numpy())
+                rows.append(_softmax(forward(x)))
                 ok[positions] = True
             bar.update(len(positions) + len(failed))
     bar.close()
+    network.to("cpu")
     # Nothing readable: no rows, but still one column per class (the head's last linear layer's).
     linear = [m for m in network.head.modules() if isinstance(m, torch.nn.Linear)]
     classes = linear[-1].out_features if linear else 0

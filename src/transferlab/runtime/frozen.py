@@ -35,6 +35,11 @@ INPUT, OUTPUT = "pixels", "features"
 KEEP_SESSIONS = 2
 _SESSIONS: dict[tuple[str, str], "OnnxPass"] = {}  # the passes last made in this process, oldest first
 _FAILED: dict[str, str] = {}  # extractor key -> why its graph could not be made, in this process
+# Exporting and checking a whole network's graph costs about what PyTorch takes to run it over 90
+# images (Lite0 on 2 cores: 1.2 s against 72 images/s); onnxruntime saves at least 60% of each
+# image's forward (2.5-3.5x), so below 90 / 0.6 images a pass whose graph is not kept stays in PyTorch.
+EXPORT_IN_FORWARDS = 90
+EXPORT_PAYS_BACK = round(EXPORT_IN_FORWARDS / 0.6)
 
 
 def onnx_missing() -> str | None:
@@ -69,11 +74,12 @@ class TorchPass:
     runtime = "torch"
     speedup = 1.0  # against PyTorch
 
-    def __init__(self, network: Network, device: str = "cpu"):
+    def __init__(self, network: Network, device: str = "cpu", whole: bool = False):
         self.network, self.device = network, device
+        self.run = network if whole else network.features
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        return self.network.features(batch).float().cpu().numpy()
+        return self.run(batch).float().cpu().numpy()
 
 
 class OnnxPass:
@@ -86,7 +92,8 @@ class OnnxPass:
         self.speedup = speedup  # PyTorch's seconds per batch over this pass's, measured when exported
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        pixels = np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+        # torch's conversion of the channels_last uint8 batch is twice numpy's (2.3 against 5 ms for 32 images)
+        pixels = batch.cpu().float().contiguous().numpy()
         return self.session.run(None, {INPUT: pixels})[0]
 
 
@@ -119,23 +126,31 @@ def unexportable(key: str, cache: Path | None) -> str | None:
     return None
 
 
+def graph_kept(key: str, cache: Path | None) -> bool:
+    """Whether a graph of `key` is in this process or has a record in `cache` (checked when read)."""
+    if any(kept[:2] == (key, str(cache)) for kept in _SESSIONS):
+        return True
+    return cache is not None and (cache / "onnx" / f"{key}.json").is_file() and unexportable(key, cache) is None
+
+
 def frozen_pass(network: Network, input_size: int, key: str, runtime: str, cache: Path | None = None,
-                device: str = "cpu"):
-    """A callable from an NCHW uint8 batch to its (N, F) float32 features, in `runtime` ('torch' or
-    'onnx', as resolved). `key` is the extractor's (PyTorch) key that names the graph file; `cache`
-    the cache root (None: the graph is made in memory for this process). NotExportable when the
-    graph cannot be made or disagrees with PyTorch; the reason is kept so the next run does not
-    try again."""
+                device: str = "cpu", whole: bool = False, threads: int | None = None):
+    """A callable from an NCHW uint8 batch to its (N, F) float32 features, or with `whole` to the
+    whole network's (N, classes) float32 logits, in `runtime` ('torch' or 'onnx', as resolved).
+    `key` names the graph file: the extractor's (PyTorch) key, or `network_key` of a whole
+    network; `cache` the cache root (None: the graph is made in memory for this process).
+    `threads`: onnxruntime's, else PyTorch's count. NotExportable when the graph cannot be made
+    or disagrees with PyTorch; the reason is kept so the next run does not try again."""
     network.eval()
     if runtime == "torch":
         network.to(device).to(memory_format=torch.channels_last)
-        return TorchPass(network, device)
-    kept = (key, str(cache))
+        return TorchPass(network, device, whole)
+    kept = (key, str(cache), threads)
     if kept in _SESSIONS:  # an API user predicting image by image: no graph read per call
         return _SESSIONS[kept]
     try:
-        data, speedup = _graph(network, input_size, key, cache)
-        made = OnnxPass(_session(data), speedup)
+        data, speedup = _graph(network, input_size, key, cache, whole)
+        made = OnnxPass(_session(data, threads), speedup)
         # The last few only: each session holds its weights (14-30 MB) and arenas.
         while len(_SESSIONS) >= KEEP_SESSIONS:
             del _SESSIONS[next(iter(_SESSIONS))]
@@ -152,18 +167,49 @@ def frozen_pass(network: Network, input_size: int, key: str, runtime: str, cache
         raise
 
 
+def whole_pass(network: nn.Module, input_size: int, images: int, runtime: str, cache: Path | None = None,
+               device: str = "cpu", threads: int | None = None):
+    """`frozen_pass` of a whole module from pixels (a network's logits, a prefix's activations) for
+    `images` to come: onnxruntime where `runtime` resolves to it and the graph is kept (in this
+    process or in `cache`) or pays back its export (EXPORT_PAYS_BACK), else PyTorch. A module whose
+    graph cannot be made runs in PyTorch (said once, where -v shows it; an error under --runtime onnx)."""
+    chosen = resolve_runtime(runtime, device)
+    if chosen == "onnx":
+        key = network_key(network, input_size)
+        if runtime == "onnx" or images >= EXPORT_PAYS_BACK or graph_kept(key, cache):
+            try:
+                return frozen_pass(network, input_size, key, "onnx", cache, whole=True, threads=threads)
+            except NotExportable as err:
+                if runtime == "onnx":
+                    raise TransferlabError(f"--runtime onnx: {err}: give --runtime torch") from None
+                say_once(f"runtime: {err}: this network runs in PyTorch", logging.INFO)
+    return frozen_pass(network, input_size, "", "torch", device=device, whole=True)
+
+
 # -- the graph file ---------------------------------------------------------------------------
 
-class _Features(nn.Module):
-    def __init__(self, network: Network):
+def network_key(network: nn.Module, input_size: int) -> str:
+    """The graph key of a whole module from pixels: a digest of its structure and every parameter
+    and buffer, so a network trained further, or another run's, never meets this graph.
+    About 10 ms for Lite0's 14 MB."""
+    digest = hashlib.sha1(f"{GRAPH_FORMAT}:{input_size}:{network!r}".encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "net-" + digest.hexdigest()[:20]
+
+
+class _Frozen(nn.Module):
+    def __init__(self, network: Network, whole: bool):
         super().__init__()
-        self.network = network
+        self.network, self.whole = network, whole
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network.features(pixels).float()
+        return (self.network(pixels) if self.whole else self.network.features(pixels)).float()
 
 
-def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> tuple[bytes, float]:
+def _graph(network: Network, input_size: int, key: str, cache: Path | None, whole: bool = False
+           ) -> tuple[bytes, float]:
     """(the graph's bytes, its speed against PyTorch's): read from the cache when whole and of
     this format, else exported, checked and written there.
 
@@ -176,7 +222,7 @@ def _graph(network: Network, input_size: int, key: str, cache: Path | None) -> t
         if data is not None:
             return data, speedup
         log.warning(f"onnx graph of '{record}' {why}: made again")
-    data, exporter, diff, speedup = _export(network, input_size)
+    data, exporter, diff, speedup = _export(network, input_size, whole)
     if record is not None:
         digest = hashlib.sha256(data).hexdigest()
         graph = record.with_name(f"{key}-{digest[:16]}.onnx")
@@ -212,11 +258,11 @@ def _read(record_path: Path) -> tuple[bytes | None, str, float]:
     return data, "", float(speedup) if isinstance(speedup, (int, float)) and speedup > 0 else 1.0
 
 
-def _export(network: Network, input_size: int) -> tuple[bytes, str, float, float]:
+def _export(network: Network, input_size: int, whole: bool = False) -> tuple[bytes, str, float, float]:
     """Export the features pass at `input_size`: the fast legacy exporter first, the
     torch.export-based one when the first cannot capture the network or its graph disagrees with
     PyTorch on random and saturated pixels at batch sizes other than the traced one."""
-    module = _Features(copy.deepcopy(network).cpu()).eval()
+    module = _Frozen(copy.deepcopy(network).cpu(), whole).eval()
     gen = torch.Generator().manual_seed(1)
     example = torch.randint(0, 256, (2, 3, input_size, input_size), generator=gen).float()
     freeze_same_padding(module.network, example)  # the graph only ever sees this input size
@@ -271,12 +317,13 @@ def _difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-6))
 
 
-def _session(data: bytes):
+def _session(data: bytes, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # As many threads as PyTorch is given: the same share of the cores, decoding beside it.
-    options.intra_op_num_threads = torch.get_num_threads()
+    # As many threads as PyTorch is given (every core): decoding does not run beside it on a CPU
+    # (data/cache.py, iter_decoded's `overlap`).
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     with quiet_known_warnings():

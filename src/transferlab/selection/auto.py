@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import TransferlabError
+from ..runtime.frozen import EXPORT_IN_FORWARDS, EXPORT_PAYS_BACK
 from ..models.weights import packaged_installed
 from .saved_candidates import SavedCandidates
 
@@ -131,9 +132,16 @@ def choose(make: Callable[[dict], object], train, val, backbone: str | None, dea
         return scored_images * pace(candidate) / passed * _pass_cost(candidate.options)
 
     def pace(candidate: Candidate) -> float:
-        """The measured unit of the runtime `candidate`'s backbone passes run in."""
-        frozen = candidate.options["strategy"] == "features" and candidate.options.get("pooling") != "bilinear"
-        return unit if frozen else torch_unit
+        """The measured unit of the runtime the scoring with `candidate` runs in: a trained network's
+        in onnxruntime when the images pay back its export (inference/probabilities.py), which
+        is added; bilinear pooling's in PyTorch."""
+        if candidate.options.get("pooling") == "bilinear" or candidate.options["strategy"] == "bilinear":
+            return torch_unit
+        if candidate.options["strategy"] == "features" or unit == torch_unit:
+            return unit
+        if scored_images < EXPORT_PAYS_BACK:
+            return torch_unit
+        return unit + torch_unit * EXPORT_IN_FORWARDS / scored_images
 
     def run(candidate: Candidate, extra_callbacks: Sequence = ()) -> None:
         kept = saved.finished(candidate.name, candidate.options) if saved is not None else None

@@ -19,8 +19,10 @@ from ..errors import TransferlabError
 from ..explain.activations import open_target
 from ..explain.gradcam import default_layer, gradcam_with_probabilities
 from ..explain.images import overlay
+from ..common.paths import cache_root
 from ..inference.probabilities import tta_decode_size, tta_views
 from ..models import saved
+from ..runtime.frozen import EXPORT_PAYS_BACK, resolve_runtime, whole_pass
 
 log = logging.getLogger("transferlab")
 
@@ -36,9 +38,14 @@ class Explained:
 class ServedModel:
     """One run in memory for the life of the server; `probabilities` is called from one thread."""
 
-    def __init__(self, source, onnx: bool = False, threads: int | None = None):
-        """`source`: a run directory, or a fitted ImageClassifier (served as it is in memory)."""
+    def __init__(self, source, onnx: bool = False, threads: int | None = None, runtime: str = "auto"):
+        """`source`: a run directory, or a fitted ImageClassifier (served as it is in memory).
+        `onnx`: the run's own export (RUN/model.onnx); else the network runs where `runtime`
+        says (runtime/frozen.py: auto is onnxruntime on a CPU, its graph kept in the cache folder)."""
+        resolve_runtime(runtime, "cpu")  # an unknown name is refused before the run loads
+        cache = cache_root(None)
         if hasattr(source, "network_"):
+            cache = cache_root(source.config_.cache_dir)
             if onnx:
                 raise TransferlabError("ONNX serving needs a saved run: save the classifier (clf.save(folder)) "
                                        "and serve the folder with onnx=True")
@@ -55,11 +62,16 @@ class ServedModel:
         self.network = network.eval().to(memory_format=torch.channels_last)
         self.threads = threads
         self.engine = "pytorch"
-        self._session = None
+        self._session = self._pass = None
         if onnx:
             self._session, self.onnx_file = _onnx_session(self.run, self.classes, threads)
             self._input = self._session.get_inputs()[0].name
             self.engine = "onnx"
+        else:
+            # A server answers for long: its graph pays back its export whatever the images.
+            made = whole_pass(self.network, self.preprocess.input_size, EXPORT_PAYS_BACK, runtime, cache, "cpu", threads)
+            if made.runtime == "onnx":
+                self._pass, self.engine = made, "onnx"
         self.layer = default_layer(self.network, self.preprocess.input_size)
 
     def prepare_thread(self) -> None:
@@ -88,6 +100,9 @@ class ServedModel:
         if self._session is not None:
             x = np.ascontiguousarray(views.transpose(0, 3, 1, 2), dtype=np.float32)
             return self._session.run(None, {self._input: x})[0]
+        if self._pass is not None:
+            logits = self._pass(torch.from_numpy(views).permute(0, 3, 1, 2))
+            return torch.softmax(torch.from_numpy(logits), 1).numpy()
         with torch.inference_mode():
             x = torch.from_numpy(views).permute(0, 3, 1, 2)  # NHWC viewed as NCHW: channels_last
             return torch.softmax(self.network(x).float(), 1).numpy()

@@ -67,9 +67,9 @@ def model_threads(workers: int, cores: int | None = None) -> int:
 
 def serve(run, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, onnx: bool = False,
           batch_size: int = 8, wait_ms: float = 5.0, limits: Limits | None = None, access_log: bool = True,
-          threads: int | None = None) -> None:
+          threads: int | None = None, runtime: str = "auto") -> None:
     """Serve `run` until interrupted. `threads`: the network's threads in each worker (default
-    model_threads)."""
+    model_threads); `runtime`: where the network runs without `onnx` (runtime/frozen.py)."""
     import uvicorn
 
     from .app import create_app
@@ -83,7 +83,7 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, onnx
     threads = threads or model_threads(workers)
     # Loaded here even for several workers: a damaged run fails once, in one line, and the ONNX
     # file is exported once, before workers could race to write it.
-    model = ServedModel(run, onnx=onnx, threads=threads)
+    model = ServedModel(run, onnx=onnx, threads=threads, runtime=runtime)
     bound = sock.getsockname()[1]
     print(f"serving {run} ({model.spec.backbone}, {model.spec.strategy}, {model.engine}) at "
           f"http://{host}:{bound}/  (Ctrl-C stops)", flush=True)
@@ -100,7 +100,7 @@ def serve(run, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, onnx
     del model
     sock.close()  # the supervisor binds the same address again for its workers
     os.environ[SETTINGS_VARIABLE] = json.dumps({
-        "run": str(run), "onnx": onnx, "threads": threads, "batch_size": batch_size, "wait_ms": wait_ms,
+        "run": str(run), "onnx": onnx, "runtime": runtime, "threads": threads, "batch_size": batch_size, "wait_ms": wait_ms,
         "limits": limits.to_dict()})
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, host=host, port=bound, workers=workers,
                 log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
@@ -114,5 +114,6 @@ def app_from_environment():
     from .model import ServedModel
 
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
-    model = ServedModel(settings["run"], onnx=settings["onnx"], threads=settings["threads"])
+    model = ServedModel(settings["run"], onnx=settings["onnx"], threads=settings["threads"],
+                        runtime=settings["runtime"])
     return create_app(model, Limits(**settings["limits"]), settings["batch_size"], settings["wait_ms"])

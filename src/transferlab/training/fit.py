@@ -118,16 +118,17 @@ def fit_network(network: Network, cfg: RunConfig, pre: Preprocess, train: ImageS
             network.to(device)
             building = time.perf_counter()
             cache = prefix_cache.PrefixCache(plan, cache_dir)
+            graphs = cache_dir if cfg.feature_cache else None  # the front's graph, kept beside the features
             batch = max(cfg.batch_size, 64)
             for size in sizes:
                 at = replace(pre, input_size=size)
                 name = "train" if size == pre.input_size else f"train {size} px"
                 sources[size] = prefix_cache.CachedActivations(
                     cache.build(network, train, at, build_augment(aug, size), plan.views, cfg.seed, batch, name,
-                                progress),
+                                progress, cfg.runtime, graphs),
                     train.labels, batch_size, shuffle=True, balanced=cfg.balance == "sampler", world=world)
             val_src = prefix_cache.CachedActivations(
-                cache.build(network, val, pre, None, 1, cfg.seed, batch, "val", progress),
+                cache.build(network, val, pre, None, 1, cfg.seed, batch, "val", progress, cfg.runtime, graphs),
                 val.labels, 256, shuffle=False, world=world) if val is not None else None
             forward = prefix_cache.suffix_forward(network, plan)
             plan.build_seconds = time.perf_counter() - building

@@ -27,6 +27,7 @@ from ..data.types import ImageSet
 from ..models.network import Network
 from ..models.preprocess import Preprocess
 from ..models.stages import module_chain
+from ..runtime.frozen import whole_pass
 from .batches import PixelBatches, epoch_order, shard_size
 from .distributed import World
 from .engine import Phase, epoch_seed
@@ -110,6 +111,20 @@ def plan(network: Network, phases: list[Phase], pre: Preprocess, n_train: int, n
     return Plan(True, "", cut, chain, views, needed, on_disk, "the tapped maps" if tapped else "the pooled features")
 
 
+class Prefix(nn.Module):
+    """The frozen front as one module from pixels: what its onnxruntime graph is made from."""
+
+    def __init__(self, network: Network, modules: list[tuple[str, nn.Module]]):
+        super().__init__()
+        self.normalize, self.chain = network.normalize, nn.ModuleList([m for _, m in modules])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = self.normalize(pixels)
+        for module in self.chain:
+            h = module(h)
+        return h
+
+
 def _run(modules: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:
     for _, module in modules:
         x = module(x)
@@ -180,10 +195,15 @@ class PrefixCache:
         return np.lib.format.open_memmap(Path(self._tmp) / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape)
 
     def build(self, network: Network, images: ImageSet, pre: Preprocess, augment, views: int, seed: int,
-              batch_size: int, name: str, progress: bool = True) -> np.ndarray:
-        """Run the prefix over `views` augmented views (or the eval view when augment is None)."""
+              batch_size: int, name: str, progress: bool = True, runtime: str = "torch",
+              cache: Path | None = None) -> np.ndarray:
+        """Run the prefix over `views` augmented views (or the eval view when augment is None), in
+        onnxruntime where `runtime` resolves to it on a CPU (runtime/frozen.py whole_pass: its
+        graph kept in `cache`, made when the passes pay it back), else in PyTorch."""
         prefix = self.plan.chain[:self.plan.cut]
         network.eval().to(memory_format=torch.channels_last)
+        device = next(network.parameters()).device.type
+        graph = whole_pass(Prefix(network, prefix), pre.input_size, len(images) * views, runtime, cache, device)
         store = None
         source = PixelBatches(images, pre, batch_size, augment)
         bar = progress_bar(total=len(images) * views, desc=f"caching {name}", enabled=progress)
@@ -194,7 +214,10 @@ class PrefixCache:
                 torch.manual_seed(epoch_seed(seed, 100_000 + v, 0))
                 start = 0
                 for x, _ in source.batches(0):
-                    h = _run(prefix, network.normalize(x.contiguous(memory_format=torch.channels_last)))
+                    if graph.runtime == "onnx":
+                        h = torch.from_numpy(graph(x))
+                    else:
+                        h = _run(prefix, network.normalize(x.contiguous(memory_format=torch.channels_last)))
                     if store is None:
                         store = self._array(name, (len(images), views) + tuple(h.shape[1:]))
                     store[start:start + len(x), v] = h.to(torch.float16).numpy()

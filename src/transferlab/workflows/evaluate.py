@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,26 @@ from ..classifier import ImageClassifier, align_classes
 from ..data.sources import load_source
 from ..errors import TransferlabError
 from ..inference.metrics import compute_metrics, format_metrics
+from ..runtime.frozen import resolve_runtime
 
 log = logging.getLogger("transferlab")
 
 
 def evaluate(run: str | Path, data: str | Path, split: str | None = None, progress: bool = True,
-             tta: bool = False) -> dict:
+             tta: bool = False, runtime: str | None = None) -> dict:
     """Score a saved run on other labelled data; the data's class names must be the run's.
-    `tta`: each image's probabilities averaged over its test-time views.
+    `tta`: each image's probabilities averaged over its test-time views. `runtime`: where the
+    network runs (auto, torch, onnx; default the run's own option).
 
     Data without splits is scored whole. Data with split folders is scored on its held-out part
     (test/, or val/ when there is no test/), or on `split` when given.
     """
+    if runtime is not None:
+        resolve_runtime(runtime, "cpu")  # an unknown name is refused before the run loads
     clf = ImageClassifier.load(run)
     clf.progress = progress
+    if runtime is not None:
+        clf.config_ = replace(clf.config_, runtime=runtime)
     source = load_source(data, min_classes=1)  # new images of one class can be scored too
     images = source.images
     given = source.given_splits
