@@ -246,3 +246,61 @@ def test_the_predict_command_and_its_runtime_option(tmp_path, colour_folder, cap
         main(["-q", "predict", str(out / "r"), str(data), "--runtime", "tpu"])
     assert stopped.value.code == 2
     assert "--runtime" in capsys.readouterr().err
+
+
+def test_int8_features_are_cached_under_their_own_graph(tmp_path, colour_folder, monkeypatch):
+    images = _refs(colour_folder(tmp_path / "c", per_class=4, size=40))
+    built = _small()
+    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    cache = tmp_path / "cache"
+    fp32 = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False).features
+    int8 = frozen_features(built.network, images, built.preprocess, key, cache, "onnx-int8", progress=False)
+    assert int8.computed == len(images) and int8.features.shape == fp32.shape and np.isfinite(int8.features).all()
+    assert not np.array_equal(int8.features, fp32)
+    # Close to the fp32 features as a whole, not within any cache tolerance.
+    cosine = (int8.features * fp32).sum(1) / (np.linalg.norm(int8.features, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.9, cosine
+    import json
+
+    record = json.loads((cache / "onnx" / f"{key}-int8.json").read_text())
+    assert record["calibration_images"] == len(images)
+    digest = frozen._SESSIONS[(f"{key}-int8", str(cache), None)].digest
+    stems = {p.stem for p in (cache / "features").glob("*.sqlite")}
+    assert stems == {frozen.runtime_key(key, "onnx"), frozen.runtime_key(key, f"onnx-int8:{digest}")}
+    # Another process: the kept int8 graph and its features are read back, nothing quantized again.
+    frozen._SESSIONS.clear()
+    from transferlab.runtime import quantize
+
+    monkeypatch.setattr(quantize, "quantize_int8", lambda *a: pytest.fail("quantized again"))
+    again = frozen_features(built.network, images, built.preprocess, key, cache, "onnx-int8", progress=False)
+    assert again.cached == len(images) and np.array_equal(again.features, int8.features)
+    with pytest.raises(TransferlabError, match="onnx-int8 runs on a CPU"):
+        frozen.resolve_runtime("onnx-int8", "cuda:0")
+
+
+def test_export_quantize_int8(tmp_path, colour_folder, capsys):
+    import onnxruntime as ort
+
+    from transferlab.inference.export import export, read_metadata
+
+    data = colour_folder(tmp_path / "c", per_class=6, size=40)
+    out = tmp_path / "runs"
+    assert main(["-q", "train", str(data), "--strategy", "frozen", "--backbone", "mobilenetv2_050", "--weights",
+                 "none", "--image-size", "64", "--epochs", "1", "--out", str(out), "--name", "r",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    assert main(["-q", "export", str(out / "r"), "--quantize", "int8", "--calibration", str(data)]) == 0
+    said = capsys.readouterr().out
+    assert "int8 written to" in said and "top class kept on" in said
+    path = out / "r" / "model.int8.onnx"
+    meta = read_metadata(path)
+    assert meta["classes"] == sorted(p.name for p in data.iterdir()) and "int8" in meta["quantization"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    proba = session.run(None, {"pixels": np.full((2, 3, 64, 64), 128.0, np.float32)})[0]
+    assert proba.shape == (2, len(meta["classes"])) and np.allclose(proba.sum(1), 1, atol=1e-3)
+    assert not (out / "r" / "model.onnx").exists()  # the fp32 file stays in memory
+    with pytest.raises(TransferlabError, match="--quantize int8 writes ONNX"):
+        export(out / "r", "torchscript", quantize="int8", calibration=[str(data)])
+    (out / "r" / "config.yaml").write_text((out / "r" / "config.yaml").read_text().replace(str(data), "/nowhere"))
+    with pytest.raises(TransferlabError, match="--calibration"):
+        export(out / "r", quantize="int8", force=True)

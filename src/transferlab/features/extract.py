@@ -21,7 +21,8 @@ from ..data.types import ImageRef
 from ..models.network import Network, to_batch
 from ..models.preprocess import Preprocess
 from ..errors import TransferlabError
-from ..runtime.frozen import NotExportable, frozen_pass, resolve_runtime, runtime_key, say_once, unexportable
+from ..runtime.frozen import (NotExportable, frozen_pass, int8_pass, resolve_runtime, runtime_key, say_once,
+                              unexportable)
 from .store import FeatureStore
 
 log = logging.getLogger("transferlab")
@@ -73,19 +74,27 @@ def frozen_features(network: Network, images: list[ImageRef], preprocess: Prepro
     `stores` keeps the opened FeatureStores across calls."""
     stores = {} if stores is None else stores
     chosen = resolve_runtime(runtime, device)
-    why = unexportable(key, cache) if chosen == "onnx" else None
+    why = unexportable(key, cache) if chosen != "torch" else None
     if why:
-        if runtime == "onnx":
-            raise TransferlabError(f"--runtime onnx: {why}: give --runtime torch")
+        if runtime != "auto":
+            raise TransferlabError(f"--runtime {runtime}: {why}: give --runtime torch")
         # Not the user's problem (the PyTorch pass is the one every run had): said where -v shows it.
         say_once(f"runtime: {why}: this network's frozen pass runs in PyTorch", logging.INFO)
         chosen = "torch"
-    store_key = (runtime_key(key, chosen), cache)
+    forward = None
+    if chosen == "onnx-int8":
+        try:
+            forward = int8_pass(network, preprocess.input_size, key, cache,
+                                lambda: calibration_pixels(images, preprocess, options.get("decoded")))
+        except NotExportable as err:
+            raise TransferlabError(f"--runtime onnx-int8: {err}: give --runtime torch") from None
+    # int8 features are another graph's for every calibration: cached under that graph's digest
+    store_key = (runtime_key(key, f"onnx-int8:{forward.digest}" if forward else chosen), cache)
     if store_key not in stores:
         stores[store_key] = FeatureStore.for_extractor(*store_key)
     try:
         return extract_features(network, images, preprocess, stores[store_key], device=device, runtime=chosen,
-                                graph=(key, cache), **options)
+                                graph=(key, cache), forward=forward, **options)
     except NotExportable:
         return frozen_features(network, images, preprocess, key, cache, runtime, device, stores, **options)
 
@@ -93,12 +102,12 @@ def frozen_features(network: Network, images: list[ImageRef], preprocess: Prepro
 def extract_features(network: Network, images: list[ImageRef], preprocess: Preprocess,
                      store: FeatureStore, batch_size: int = 32, decoded: DecodedImages | None = None,
                      progress: bool = True, desc: str = "features", device: str = "cpu", runtime: str = "torch",
-                     graph: tuple[str, Path | None] | None = None) -> Extracted:
+                     graph: tuple[str, Path | None] | None = None, forward=None) -> Extracted:
     """Pooled backbone features for every readable image; only images missing from `store` are
     decoded and run through the backbone (eval mode, inference mode) on `device`, in PyTorch
     (channels_last) or, with `runtime` 'onnx', through the graph named by `graph` (the extractor
-    key and cache root). On a GPU, JPEGs are decoded there too (`device_decoding`), GPU_BATCH
-    images at a time."""
+    key and cache root), or through `forward` when given (an int8 pass). On a GPU, JPEGs are
+    decoded there too (`device_decoding`), GPU_BATCH images at a time."""
     keys = [im.key for im in images]
     have = store.get_many(list(dict.fromkeys(keys)))
     todo = [i for i, k in enumerate(keys) if k not in have]
@@ -108,7 +117,7 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
         key, cache = graph or (store.path.stem if store.path else None, None)
         if key is None:  # nothing names the graph (nor the session kept for it): PyTorch's pass
             runtime = "torch"
-        forward = frozen_pass(network, preprocess.input_size, key, runtime, cache, device)
+        forward = forward or frozen_pass(network, preprocess.input_size, key, runtime, cache, device)
         speedup = forward.speedup
         bar = progress_bar(total=len(todo), desc=desc, enabled=progress)
         todo_images = [images[i] for i in todo]
@@ -130,6 +139,22 @@ def extract_features(network: Network, images: list[ImageRef], preprocess: Prepr
     feats = np.stack([have[k] for k in keys if k in have]) if ok.any() else np.zeros((0, dim), np.float32)
     return Extracted(feats, ok, failures, computed=len(todo) - len(failures), cached=len(keys) - len(todo),
                      forward_seconds=forward_seconds, torch_seconds=forward_seconds * speedup)
+
+
+def calibration_pixels(images: list[ImageRef], preprocess: Preprocess, decoded: DecodedImages | None = None
+                       ) -> np.ndarray:
+    """(N, 3, S, S) float32 eval views of up to CALIBRATION_IMAGES of `images` (a seeded draw):
+    what an int8 graph's activation ranges are calibrated on."""
+    from ..runtime.quantize import CALIBRATION_IMAGES
+
+    rng = np.random.default_rng(0)
+    chosen = sorted(rng.choice(len(images), min(CALIBRATION_IMAGES, len(images)), replace=False))
+    crops = [preprocess.center_crop(p) for _, pixels, _ in
+             frozen_batches([images[i] for i in chosen], preprocess.resize_size, preprocess.interpolation, 32, decoded)
+             for p in pixels]
+    if not crops:
+        raise TransferlabError("--runtime onnx-int8: none of the images could be read to calibrate the int8 graph")
+    return to_batch(crops).float().contiguous().numpy()
 
 
 def _features(forward, batch: torch.Tensor) -> np.ndarray:

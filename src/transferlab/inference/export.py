@@ -54,8 +54,15 @@ class Probabilities(nn.Module):
 
 
 def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
-           check_images: list | None = None, force: bool = False) -> dict:
+           check_images: list | None = None, force: bool = False, quantize: str | None = None,
+           calibration: list | None = None) -> dict:
     """Export `run`'s network (with softmax) to `run/model.onnx` or `run/model.pt` (TorchScript).
+
+    `quantize="int8"`: the ONNX file, once checked, is statically quantized (runtime/quantize.py)
+    with its activation ranges calibrated on up to 256 of `calibration` (image paths, folders or
+    globs; default the run's own data when its folder is still there) and written to
+    `run/model.int8.onnx`; its largest probability difference from PyTorch and its top-1
+    agreement on the calibration images are reported (int8 is not within the fp32 tolerance).
 
     `out` is the file to write (a folder gets the default file name); a file that exists there is
     replaced only with `force`, and a run's own files never. `check_images` (paths or
@@ -67,8 +74,13 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     if fmt not in FORMATS:
         raise TransferlabError(f"export: format '{format}' is not supported: choose one of "
                                f"{', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise TransferlabError(f"export: --quantize '{quantize}' is not supported: int8 is the one there is")
+    if quantize and fmt != "onnx":
+        raise TransferlabError("export: --quantize int8 writes ONNX: drop --format torchscript")
     run = Path(run)
-    target = _target_path(run, fmt, out)
+    calibration_files = _calibration_files(run, calibration) if quantize else []
+    target = _target_path(run, fmt, out, quantize)
     named = out is not None  # a path the user chose: never replaced unless asked
     if named:
         claim_output(target, force)
@@ -90,15 +102,23 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
             _write_torchscript(module, example, metadata, tmp)
             exporter = "torch.jit.trace"
             run_file = _torchscript_runner(tmp)
+        agreement = None
         diff = _max_abs_diff(module, run_file, checks)
-        if not diff <= TOLERANCE:  # also catches NaN
+        if quantize and diff <= TOLERANCE:  # the fp32 graph checked first, then quantized
+            data, diff, agreement, checked = _quantized(module, data, model.preprocess, calibration_files, checks,
+                                                        metadata)
+            tmp.write_bytes(data)
+            if not diff <= 1.0:  # NaN, or not probabilities at all
+                raise TransferlabError(f"export: the int8 file gives no probabilities (largest difference "
+                                       f"{diff:.3g}); nothing was written: export without --quantize")
+        elif not diff <= TOLERANCE:  # also catches NaN
             raise TransferlabError(
                 f"export: the {fmt} file disagrees with the PyTorch network (largest probability "
                 f"difference {diff:.3g} > {TOLERANCE:g}); nothing was written: report this with the "
                 f"backbone '{metadata['backbone']}'")
     log.info("exported %s (%s, max |diff| %.2g over %d inputs)", target, exporter, diff, checked)
     return {"path": target, "format": fmt, "max_abs_diff": float(diff), "inputs_checked": checked,
-            "metadata": metadata, "exporter": exporter}
+            "metadata": metadata, "exporter": exporter, "quantize": quantize, "top1_agreement": agreement}
 
 
 def export_metadata(model: saved.SavedModel) -> dict:
@@ -167,11 +187,62 @@ def image_pixels(images: list, preprocess) -> torch.Tensor:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _target_path(run: Path, fmt: str, out) -> Path:
+def _target_path(run: Path, fmt: str, out, quantize: str | None = None) -> Path:
+    name = FORMATS[fmt].replace(".onnx", f".{quantize}.onnx") if quantize else FORMATS[fmt]
     if out is None:
-        return run / FORMATS[fmt]
+        return run / name
     out = Path(out)
-    return out / FORMATS[fmt] if out.is_dir() else out
+    return out / name if out.is_dir() else out
+
+
+def _calibration_files(run: Path, calibration: list | None) -> list[Path]:
+    """Up to CALIBRATION_IMAGES image files (a seeded draw) to calibrate an int8 export on."""
+    from ..data.sources import gather_files
+    from ..runtime.quantize import CALIBRATION_IMAGES
+
+    if not calibration:
+        data = _run_data(run)
+        if data is None:
+            raise TransferlabError("export --quantize int8 needs images to calibrate on: give --calibration with "
+                                   "a few hundred training images (files, folders or globs)")
+        calibration = [str(data)]
+    files = gather_files([str(c) for c in calibration])
+    rng = np.random.default_rng(0)
+    return [files[i] for i in sorted(rng.choice(len(files), min(CALIBRATION_IMAGES, len(files)), replace=False))]
+
+
+def _run_data(run: Path) -> Path | None:
+    """The image folder the run was trained on, when it is still there."""
+    import yaml
+
+    try:
+        data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data")
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return Path(data) if isinstance(data, str) and Path(data).is_dir() else None
+
+
+def _quantized(module: nn.Module, fp32: bytes, preprocess, files: list[Path], checks: list[torch.Tensor],
+               metadata: dict) -> tuple[bytes, float, float, int]:
+    """(the int8 file's bytes, its largest probability difference from PyTorch, the share of the
+    calibration images whose top class it keeps, inputs checked)."""
+    from ..runtime.quantize import quantize_int8
+
+    pixels = image_pixels(files, preprocess)
+    onnx = require("onnx")
+    model = onnx.load_from_string(quantize_int8(fp32, pixels.numpy(), INPUT_NAME))
+    del model.metadata_props[:]
+    for key, value in {**metadata, "quantization": f"int8 static (QDQ), calibrated on {len(pixels)} images"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    data = model.SerializeToString()
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    run_file = lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]  # noqa: E731
+    diff = _max_abs_diff(module, run_file, [*checks, pixels])
+    with torch.inference_mode():
+        agreement = float((module(pixels).numpy().argmax(1) == run_file(pixels).argmax(1)).mean())
+    return data, diff, agreement, sum(len(x) for x in checks) + len(pixels)
 
 
 def _random_pixels(n: int, size: int, seed: int) -> torch.Tensor:

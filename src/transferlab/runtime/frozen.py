@@ -51,21 +51,25 @@ def onnx_missing() -> str | None:
 
 
 def resolve_runtime(runtime: str, device: str) -> str:
-    """'torch' or 'onnx' for a frozen pass on `device`. `auto` is onnx on a CPU where the packages
-    are installed (one line otherwise) and torch on an accelerator, where PyTorch is the fast one."""
+    """'torch', 'onnx' or 'onnx-int8' for a frozen pass on `device`. `auto` is onnx on a CPU where
+    the packages are installed (one line otherwise) and torch on an accelerator, where PyTorch is
+    the fast one; onnx-int8 (the int8 graph for features, fp32 for whole networks) is a CPU's."""
     if runtime not in RUNTIMES:
         raise TransferlabError(f"--runtime '{runtime}' is not known: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx-int8" and str(device) != "cpu":
+        raise TransferlabError(f"--runtime onnx-int8 runs on a CPU, not on {device}: give --runtime auto or "
+                               "--device cpu")
     if runtime == "torch" or (runtime == "auto" and str(device) != "cpu"):
         return "torch"
     missing = onnx_missing()
-    if missing and runtime == "onnx":
-        raise TransferlabError(f"--runtime onnx: the '{missing}' package is missing: pip install onnx "
+    if missing and runtime != "auto":
+        raise TransferlabError(f"--runtime {runtime}: the '{missing}' package is missing: pip install onnx "
                                "onnxruntime onnxscript, or give --runtime torch")
     if missing:
         say_once(f"runtime: '{missing}' is not installed: frozen passes run in PyTorch (pip install onnx "
                  "onnxruntime onnxscript for the faster onnxruntime pass)")
         return "torch"
-    return "onnx"
+    return "onnx-int8" if runtime == "onnx-int8" else "onnx"
 
 
 class TorchPass:
@@ -103,7 +107,7 @@ def runtime_key(key: str, runtime: str) -> str:
     kept apart; PyTorch's keep the key they always had."""
     if runtime == "torch":
         return key
-    return hashlib.sha1(f"{key}:onnxruntime".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{key}:{'onnxruntime' if runtime == 'onnx' else runtime}".encode()).hexdigest()[:20]
 
 
 class NotExportable(Exception):
@@ -174,14 +178,14 @@ def whole_pass(network: nn.Module, input_size: int, images: int, runtime: str, c
     process or in `cache`) or pays back its export (EXPORT_PAYS_BACK), else PyTorch. A module whose
     graph cannot be made runs in PyTorch (said once, where -v shows it; an error under --runtime onnx)."""
     chosen = resolve_runtime(runtime, device)
-    if chosen == "onnx":
+    if chosen != "torch":  # onnx-int8 quantizes features only: a whole network runs the fp32 graph
         key = network_key(network, input_size)
-        if runtime == "onnx" or images >= EXPORT_PAYS_BACK or graph_kept(key, cache):
+        if runtime != "auto" or images >= EXPORT_PAYS_BACK or graph_kept(key, cache):
             try:
                 return frozen_pass(network, input_size, key, "onnx", cache, whole=True, threads=threads)
             except NotExportable as err:
-                if runtime == "onnx":
-                    raise TransferlabError(f"--runtime onnx: {err}: give --runtime torch") from None
+                if runtime != "auto":
+                    raise TransferlabError(f"--runtime {runtime}: {err}: give --runtime torch") from None
                 say_once(f"runtime: {err}: this network runs in PyTorch", logging.INFO)
     return frozen_pass(network, input_size, "", "torch", device=device, whole=True)
 
@@ -216,24 +220,75 @@ def _graph(network: Network, input_size: int, key: str, cache: Path | None, whol
     The record `<key>.json` names the graph file by its digest (`<key>-<sha256[:16]>.onnx`) and is
     written after it: two processes exporting the same graph at once (compare --jobs) each leave
     a record that names a whole file, never one's record beside the other's graph."""
+    def make() -> tuple[bytes, dict]:
+        data, exporter, diff, speedup = _export(network, input_size, whole)
+        return data, {"input_size": input_size, "exporter": exporter, "max_relative_diff": diff, "speedup": speedup}
+
+    return _kept_or_made(key, cache, make)
+
+
+def _kept_or_made(key: str, cache: Path | None, make) -> tuple[bytes, float]:
+    """(the graph's bytes, its speedup): the kept graph of `key` when its record names a whole
+    file, else `make()` -> (bytes, the record's other fields, with the speedup), written there."""
     record = cache / "onnx" / f"{key}.json" if cache is not None else None
     if record is not None and record.is_file():
         data, why, speedup = _read(record)
         if data is not None:
             return data, speedup
         log.warning(f"onnx graph of '{record}' {why}: made again")
-    data, exporter, diff, speedup = _export(network, input_size, whole)
+    data, fields = make()
     if record is not None:
         digest = hashlib.sha256(data).hexdigest()
         graph = record.with_name(f"{key}-{digest[:16]}.onnx")
         try:
             write_bytes(graph, data)
             write_json(record, {"format": GRAPH_FORMAT, "file": graph.name, "sha256": digest, "bytes": len(data),
-                                "input_size": input_size, "exporter": exporter, "max_relative_diff": diff,
-                                "speedup": speedup, "torch": torch.__version__})
+                                **fields, "torch": torch.__version__})
         except (OSError, TransferlabError) as err:  # a read-only cache: the graph still serves this run
             log.warning(f"onnx graph not kept in '{record.parent}' ({err}): made again by the next run")
-    return data, speedup
+    return data, fields["speedup"]
+
+
+def int8_pass(network: Network, input_size: int, key: str, cache: Path | None, calibration) -> "OnnxPass":
+    """The features pass through the int8 graph of extractor `key` (runtime/quantize.py): kept in
+    `cache` like the fp32 one (`<key>-int8.json`), else quantized from it with `calibration()`'s
+    pixels ((N, 3, S, S) float32, drawn from the images about to be run). Its `.digest` names the
+    graph, so features are cached per graph. NotExportable when the fp32 graph cannot be made."""
+    kept = (f"{key}-int8", str(cache), None)
+    if kept not in _SESSIONS:
+        fp32, speedup = _graph(network, input_size, key, cache)
+
+        def make() -> tuple[bytes, dict]:
+            from .quantize import quantize_int8
+
+            pixels = calibration()
+            data = quantize_int8(fp32, pixels, INPUT)
+            faster = _relative_speed(_session(fp32), _session(data), pixels[:32])
+            log.info(f"runtime: quantized the frozen pass to int8 on {len(pixels)} images ({faster:.1f}x the fp32 "
+                     "graph's speed)")
+            return data, {"input_size": input_size, "calibration_images": len(pixels),
+                          "speedup": round(speedup * faster, 2)}
+
+        data, total = _kept_or_made(f"{key}-int8", cache, make)
+        made = OnnxPass(_session(data), total)
+        made.runtime, made.digest = "onnx-int8", hashlib.sha256(data).hexdigest()[:16]
+        while len(_SESSIONS) >= KEEP_SESSIONS:
+            del _SESSIONS[next(iter(_SESSIONS))]
+        _SESSIONS[kept] = made
+    return _SESSIONS[kept]
+
+
+def _relative_speed(reference, other, pixels: np.ndarray) -> float:
+    """`reference`'s seconds on `pixels` over `other`'s, each timed on its second run."""
+    import time
+
+    seconds = []
+    for session in (reference, other):
+        session.run(None, {INPUT: pixels})
+        start = time.perf_counter()
+        session.run(None, {INPUT: pixels})
+        seconds.append(time.perf_counter() - start)
+    return seconds[0] / max(seconds[1], 1e-9)
 
 
 def _read(record_path: Path) -> tuple[bytes | None, str, float]:
