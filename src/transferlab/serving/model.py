@@ -168,6 +168,7 @@ def _onnx_session(run: Path, classes: list[str], threads: int | None):
         raise TransferlabError(f"'{path}' does not belong to this run (other classes): delete it and run "
                                f"`transferlab export {run} --format onnx`")
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False  # as runtime/frozen.py's sessions: Grad-CAM trains no slower beside it
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), path
