@@ -49,10 +49,25 @@ def _small(image_size=64):
     return build_model(ModelSpec("mobilenetv2_050", weights="none", image_size=image_size))
 
 
-def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder):
-    images = _refs(colour_folder(tmp_path / "c", per_class=3, size=40))
+def _extractor(tmp_path, colour_folder, per_class: int):
+    """(images, a small random-weight network, its extractor key, a cache root) for one test."""
+    images = _refs(colour_folder(tmp_path / "c", per_class=per_class, size=40))
     built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    return images, built, extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess), tmp_path / "cache"
+
+
+def _tiny_run(tmp_path, colour_folder):
+    """(its data folder, a trained run of a small frozen network at 64 px)."""
+    data = colour_folder(tmp_path / "c", per_class=6, size=40)
+    out = tmp_path / "runs"
+    assert main(["-q", "train", str(data), "--strategy", "frozen", "--backbone", "mobilenetv2_050", "--weights",
+                 "none", "--image-size", "64", "--epochs", "1", "--out", str(out), "--name", "r",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    return data, out / "r"
+
+
+def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder):
+    images, built, key, _ = _extractor(tmp_path, colour_folder, per_class=3)
     got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "torch", progress=False)
     assert [p.stem for p in (tmp_path / "cache" / "features").glob("*.sqlite")] == [key]
     assert not (tmp_path / "cache" / "onnx").exists()
@@ -65,10 +80,7 @@ def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder
 
 
 def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_folder, caplog):
-    images = _refs(colour_folder(tmp_path / "c", per_class=4, size=40))
-    built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
-    cache = tmp_path / "cache"
+    images, built, key, cache = _extractor(tmp_path, colour_folder, per_class=4)
     torch_run = frozen_features(built.network, images, built.preprocess, key, cache, "torch", progress=False)
     onnx_run = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False)
     assert onnx_run.computed == len(images)  # not read from PyTorch's store
@@ -82,10 +94,7 @@ def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_
 
 
 def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog):
-    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
-    built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
-    cache = tmp_path / "cache"
+    images, built, key, cache = _extractor(tmp_path, colour_folder, per_class=2)
     first = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False).features
     graph, = (cache / "onnx").glob(f"{key}-*.onnx")
     data = bytearray(graph.read_bytes())
@@ -106,9 +115,7 @@ def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog)
 def test_without_onnxruntime_auto_falls_back_in_one_line_and_onnx_is_refused(tmp_path, colour_folder, monkeypatch,
                                                                              caplog):
     monkeypatch.setattr(frozen, "onnx_missing", lambda: "onnxruntime")
-    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
-    built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    images, built, key, _ = _extractor(tmp_path, colour_folder, per_class=2)
     with caplog.at_level(logging.WARNING, logger="transferlab"):
         for _ in range(2):
             frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "auto", progress=False)
@@ -127,9 +134,7 @@ def test_a_graph_that_cannot_be_made_gives_way_to_pytorch_and_is_not_tried_again
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(frozen, "exporters", lambda what: (fails, fails))
-    images = _refs(colour_folder(tmp_path / "c", per_class=2, size=40))
-    built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
+    images, built, key, _ = _extractor(tmp_path, colour_folder, per_class=2)
     with caplog.at_level(logging.INFO, logger="transferlab"):
         got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "auto",
                               progress=False)
@@ -226,15 +231,12 @@ def test_prediction_runs_the_network_in_onnxruntime_when_its_export_pays_back(tm
 
 
 def test_the_predict_command_and_its_runtime_option(tmp_path, colour_folder, capsys):
-    data = colour_folder(tmp_path / "c", per_class=6, size=40)
-    out, cache = tmp_path / "runs", tmp_path / "cache"
-    assert main(["-q", "train", str(data), "--strategy", "frozen", "--backbone", "mobilenetv2_050", "--weights",
-                 "none", "--image-size", "64", "--epochs", "1", "--out", str(out), "--name", "r",
-                 "--cache-dir", str(cache)]) == 0
+    data, run = _tiny_run(tmp_path, colour_folder)
+    cache = tmp_path / "cache"
     capsys.readouterr()
     rows = {}
     for runtime in ("torch", "onnx"):
-        assert main(["-q", "predict", str(out / "r"), str(data), "--format", "json", "--runtime", runtime,
+        assert main(["-q", "predict", str(run), str(data), "--format", "json", "--runtime", runtime,
                      "--cache-dir", str(cache)]) == 0
         import json
 
@@ -243,16 +245,13 @@ def test_the_predict_command_and_its_runtime_option(tmp_path, colour_folder, cap
     assert max(abs(a["top"][0]["probability"] - b["top"][0]["probability"])
                for a, b in zip(rows["torch"], rows["onnx"])) <= 1e-5
     with pytest.raises(SystemExit) as stopped:
-        main(["-q", "predict", str(out / "r"), str(data), "--runtime", "tpu"])
+        main(["-q", "predict", str(run), str(data), "--runtime", "tpu"])
     assert stopped.value.code == 2
     assert "--runtime" in capsys.readouterr().err
 
 
 def test_int8_features_are_cached_under_their_own_graph(tmp_path, colour_folder, monkeypatch):
-    images = _refs(colour_folder(tmp_path / "c", per_class=4, size=40))
-    built = _small()
-    key = extractor_key("mobilenetv2_050", built.weights.identity, built.preprocess)
-    cache = tmp_path / "cache"
+    images, built, key, cache = _extractor(tmp_path, colour_folder, per_class=4)
     fp32 = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False).features
     int8 = frozen_features(built.network, images, built.preprocess, key, cache, "onnx-int8", progress=False)
     assert int8.computed == len(images) and int8.features.shape == fp32.shape and np.isfinite(int8.features).all()
@@ -283,27 +282,23 @@ def test_export_quantize_int8(tmp_path, colour_folder, capsys):
 
     from transferlab.inference.export import export, read_metadata
 
-    data = colour_folder(tmp_path / "c", per_class=6, size=40)
-    out = tmp_path / "runs"
-    assert main(["-q", "train", str(data), "--strategy", "frozen", "--backbone", "mobilenetv2_050", "--weights",
-                 "none", "--image-size", "64", "--epochs", "1", "--out", str(out), "--name", "r",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    data, run = _tiny_run(tmp_path, colour_folder)
     capsys.readouterr()
-    assert main(["-q", "export", str(out / "r"), "--quantize", "int8", "--calibration", str(data)]) == 0
+    assert main(["-q", "export", str(run), "--quantize", "int8", "--calibration", str(data)]) == 0
     said = capsys.readouterr().out
     assert "int8 written to" in said and "top class kept on" in said
-    path = out / "r" / "model.int8.onnx"
+    path = run / "model.int8.onnx"
     meta = read_metadata(path)
     assert meta["classes"] == sorted(p.name for p in data.iterdir()) and "int8" in meta["quantization"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     proba = session.run(None, {"pixels": np.full((2, 3, 64, 64), 128.0, np.float32)})[0]
     assert proba.shape == (2, len(meta["classes"])) and np.allclose(proba.sum(1), 1, atol=1e-3)
-    assert not (out / "r" / "model.onnx").exists()  # the fp32 file stays in memory
+    assert not (run / "model.onnx").exists()  # the fp32 file stays in memory
     with pytest.raises(TransferlabError, match="--quantize int8 writes ONNX"):
-        export(out / "r", "torchscript", quantize="int8", calibration=[str(data)])
-    (out / "r" / "config.yaml").write_text((out / "r" / "config.yaml").read_text().replace(str(data), "/nowhere"))
+        export(run, "torchscript", quantize="int8", calibration=[str(data)])
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(data), "/nowhere"))
     with pytest.raises(TransferlabError, match="--calibration"):
-        export(out / "r", quantize="int8", force=True)
+        export(run, quantize="int8", force=True)
 
 
 def test_a_session_holds_no_memory_arena():
