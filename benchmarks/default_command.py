@@ -72,10 +72,13 @@ def main() -> None:
                     accuracy = row["val_accuracy"] if row["val_accuracy"] is not None else float("nan")
                     print(f"{'':30s} {row['candidate']:58s} val {accuracy:.4f} {row['seconds'] or 0:6.1f} s "
                           f"(est {row['estimated_seconds']:.0f})  {row['status']}", flush=True)
-                if auto.get("refit"):
+                if auto.get("refit"):  # written before auto became an ensemble
                     refit = auto["refit"]
                     print(f"{'':30s} refit: " + (f"skipped, {refit['skipped']}" if refit.get("skipped")
                                                  else f"{refit['seconds']} s"), flush=True)
+                for member in auto.get("members", []):
+                    print(f"{'':30s} member {member['name']} weight {member['weight']:.3f}: {member['refit']}",
+                          flush=True)
 
 
 if __name__ == "__main__":

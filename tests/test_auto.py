@@ -1,10 +1,12 @@
-"""`--strategy auto`: candidates cheapest first within the budget, chosen on the validation split
-alone, one run written for the winner, every candidate reported."""
+"""`--strategy auto` (AutoClassifier): the portfolio's candidates within the budget, chosen and
+weighted on validation probabilities alone (ensemble selection), refitted on train + val, one run
+written for the final model (a candidate or the ensemble), replayable from its plan."""
 
 import csv
 import json
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,30 +39,31 @@ def auto_run(hymenoptera, tmp_path_factory):
     return transferlab.train(_csv(hymenoptera, root / "data.csv"), out=root / "runs", budget=10, **OPTIONS)
 
 
-def test_auto_scores_every_cheap_candidate_on_val_and_keeps_the_best(auto_run):
+def test_auto_scores_every_candidate_on_val_and_weighs_them_by_ensemble_selection(auto_run):
     auto = auto_run.metrics["fit"]["auto"]
     rows = {r["candidate"]: r for r in auto["candidates"]}
-    assert {"features tf_efficientnet_lite0", "features tf_efficientnet_lite1", "features tf_efficientnet_lite2",
-            "features lite0+lite1+lite2"} <= set(rows)
-    done = [r for r in rows.values() if r["status"] == "ok"]
-    best = max(done, key=lambda r: (r["val_accuracy"], -r["val_log_loss"]))
-    assert auto["chosen"] == best["candidate"] and "validation" in auto["why"]
-    assert auto_run.metrics["strategy"] == rows[auto["chosen"]]["options"]["strategy"]
+    assert {"features lite0", "features lite1", "features lite2"} <= set(rows)
+    assert all(r["val_accuracy"] is not None for r in rows.values() if r["status"] == "ok")
+    members = auto["members"]
+    assert members and sum(m["weight"] for m in members) == pytest.approx(1.0)
+    assert all(rows[m["name"]]["status"] == "ok" for m in members)
+    assert auto["choice_images"] > 0 and "ensemble selection" in auto["why"]
+    assert "val" not in auto_run.metrics  # chosen on it: not scored on it
     assert auto_run.metrics["test"]["accuracy"] >= 0.6  # 12 test photos at 64 px; chance is 0.5
     report = (auto_run.path / "report.html").read_text()
-    assert "Candidates (--strategy auto)" in report and auto["chosen"] in report
+    assert "Candidates (--strategy auto)" in report and members[0]["name"] in report
+    assert (auto_run.path / "plan.json").is_file() and not (auto_run.path / "auto").exists()
 
 
-def test_an_auto_run_reloads_as_its_winner(auto_run, hymenoptera):
+def test_an_auto_run_reloads_as_its_final_model(auto_run, hymenoptera):
     clf = transferlab.ImageClassifier.load(auto_run.path)
     images = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[10:13]
-    assert clf.config_.strategy != "auto"
     assert (clf.predict_proba(images) == auto_run.classifier.predict_proba(images)).all()
 
 
 def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_run, tmp_path):
     """The same data with every test label wrong: the same candidates score the same on val and
-    the same one wins; only the test score changes."""
+    the same ones are chosen; only the test score changes."""
     poisoned = transferlab.train(_csv(hymenoptera, tmp_path / "data.csv", poison_test=True), out=tmp_path / "runs",
                                  budget=10, **OPTIONS)
     clean, dirty = auto_run.metrics["fit"]["auto"], poisoned.metrics["fit"]["auto"]
@@ -70,47 +73,104 @@ def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_
     assert poisoned.metrics["test"]["accuracy"] == pytest.approx(1 - auto_run.metrics["test"]["accuracy"])
 
 
-def test_without_a_val_split_a_features_winner_is_refitted_on_all_of_train(hymenoptera, tmp_path, monkeypatch):
-    """auto holds back part of train to choose; the features winner is then the very run
-    `--strategy features` gives on the whole train split (here with the time for the refit
-    granted: whether it fits is the next test's)."""
-    monkeypatch.setattr("transferlab.classifier.refit_fits", lambda candidate, deadline: (True, ""))
+@pytest.mark.slow
+def test_two_replays_of_one_plan_give_identical_probabilities(auto_run, hymenoptera, tmp_path):
+    """--replay fits the plan again (same candidates, epochs, members) with no clock deciding."""
+    images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:4]
+    first = transferlab.train(replay=auto_run.path, out=tmp_path / "runs", progress=False)
+    second = transferlab.train(replay=auto_run.path, out=tmp_path / "runs", progress=False)
+    assert first.path != second.path and (first.path / "plan.json").is_file()
+    one, two = first.classifier.predict_proba(images), second.classifier.predict_proba(images)
+    assert (one == two).all()
+    plan = json.loads((auto_run.path / "plan.json").read_text())
+    assert json.loads((first.path / "plan.json").read_text())["candidates"] == plan["candidates"]
+    assert first.metrics["fit"]["auto"]["chosen"] == auto_run.metrics["fit"]["auto"]["chosen"]
+    with pytest.raises(transferlab.TransferlabError, match="no plan.json"):
+        transferlab.train(replay=tmp_path, out=tmp_path / "runs")
+
+
+def test_without_a_val_split_features_members_are_refitted_on_all_of_train(hymenoptera, tmp_path):
+    """auto holds back part of train to choose; a features member is then refitted on all of it at
+    the C its validation chose: the very classifier `--strategy features --logistic-c C` gives."""
     data = _csv(hymenoptera, tmp_path / "data.csv", val=False)
     one = dict(OPTIONS, backbone="tf_efficientnet_lite0")
-    run = transferlab.train(data, out=tmp_path / "runs", budget=0.01, **one)
+    run = transferlab.train(data, out=tmp_path / "runs", budget=10, **one)
     auto = run.metrics["fit"]["auto"]
-    chosen = next(r for r in auto["candidates"] if r["candidate"] == auto["chosen"])
-    assert chosen["options"]["strategy"] == "features" and auto["refit"]["images"] == 36
-    assert "val" not in run.metrics["splits"]  # held back by auto, then trained on
-    plain = transferlab.train(data, out=tmp_path / "runs", val_fraction=0, **{**one, **chosen["options"]})
+    assert "val" not in run.metrics["splits"]
+    member = next(c for c in run.classifier.candidates_ if c.name == auto["members"][0]["name"])
+    assert auto["members"][0]["refit"] == "train+val" and not member.trains()
+    plain = transferlab.train(data, out=tmp_path / "runs", val_fraction=0, logistic_c=member.model.fit_info_["C"],
+                              **{**one, **member.options})
     images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:4]
-    assert run.classifier.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
-    assert run.metrics["test"]["accuracy"] == plain.metrics["test"]["accuracy"]
-    assert "refitted on all 36 training images" in (run.path / "report.html").read_text()
+    assert member.model.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
 
 
-def test_a_refit_that_does_not_fit_the_budget_is_skipped_and_said(hymenoptera, tmp_path):
-    """Past its budget after the first candidate, the run keeps the winner as fitted on the images
-    left after holding some back, and says so in metrics.json and the report."""
-    data = _csv(hymenoptera, tmp_path / "data.csv", val=False)
-    run = transferlab.train(data, out=tmp_path / "runs", budget=0.001,
-                            **dict(OPTIONS, backbone="tf_efficientnet_lite0"))
-    refit = run.metrics["fit"]["auto"]["refit"]
-    assert refit["images"] == 30 and refit["seconds"] == 0.0
-    assert refit["skipped"].startswith("needs about") and "s left" in refit["skipped"]
-    report = " ".join((run.path / "report.html").read_text().split())
-    assert "kept as fitted on the other 30 training images" in report
+def test_the_whole_command_keeps_a_small_budget_scoring_included(hymenoptera, tmp_path):
+    """From the command's start to its written report, within the budget and 5%: the first
+    candidate always runs (something must win); the others start only when they, the scoring
+    and the refit fit, and what does not fit is skipped with the reason."""
+    from transferlab.cli import main
+
+    started = time.perf_counter()
+    code = main(["--quiet", "train", str(_csv(hymenoptera, tmp_path / "data.csv")), "--out", str(tmp_path / "runs"),
+                 "--budget", "0.5", "--image-size", "64", "--cache-dir", str(tmp_path / "cold-cache")])
+    took = time.perf_counter() - started
+    assert code == 0
+    metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
+    assert metrics["seconds"] <= 30 * 1.05 and took <= 30 * 1.05 + 5  # + this process's imports
+    assert any(r["status"].startswith("skipped: needs about") for r in metrics["fit"]["auto"]["candidates"])
 
 
-def test_the_budget_is_honoured_within_one_candidates_time(hymenoptera, tmp_path):
-    """With under a second, the first candidate runs (something must win) and the ones that cannot
-    fit are skipped, with the reason."""
-    run = transferlab.train(_csv(hymenoptera, tmp_path / "data.csv"), out=tmp_path / "runs", budget=0.01,
-                            cache_dir=tmp_path / "cold-cache", **OPTIONS)
-    auto = run.metrics["fit"]["auto"]
-    took = [r["seconds"] for r in auto["candidates"] if r["seconds"] is not None]
-    assert auto["seconds"] <= 0.01 * 60 + max(took) + 2
-    assert any(r["status"].startswith("skipped: needs about") for r in auto["candidates"])
+def test_an_ensemble_saves_reloads_exports_to_onnx_and_serves_with_identical_probabilities(small_set, hymenoptera,
+                                                                                          tmp_path):
+    """Two fitted classifiers at different input sizes averaged as one network: the reloaded
+    run, its ONNX export (checked against PyTorch by export) and the server all agree."""
+    from starlette.testclient import TestClient
+
+    from transferlab.selection.auto import ensemble_classifier
+    from transferlab.serving.app import create_app
+
+    members = [transferlab.ImageClassifier(strategy="features", backbone="tf_efficientnet_lite0", image_size=size,
+                                           progress=False).fit(small_set) for size in (64, 96)]
+    ensemble = ensemble_classifier(members, [0.25, 0.75], dict(OPTIONS), ["small", "large"])
+    images = [str(p) for p in sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:3]]
+    proba = ensemble.predict_proba(images)
+    assert proba.sum(1) == pytest.approx(1.0, abs=1e-5)
+    # Each member's probabilities, averaged: the large member sees the image as its own run does.
+    alone = ensemble_classifier(members[1:], [1.0], dict(OPTIONS), ["large"]).predict_proba(images)
+    assert np.abs(alone - members[1].predict_proba(images)).max() <= 1e-5
+    folder = ensemble.save(tmp_path / "ensemble")
+    again = transferlab.ImageClassifier.load(folder)
+    assert np.abs(again.predict_proba(images) - proba).max() <= 1e-6
+    exported = transferlab.export(folder, check_images=images)
+    assert exported["max_abs_diff"] <= 1e-4
+    import onnxruntime
+
+    from transferlab.data.decode import decode
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    pre = again.preprocess_
+    x = np.stack([pre.center_crop(decode(p, pre.resize_size, pre.interpolation)) for p in images]).transpose(0, 3, 1, 2)
+    onnx_proba = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+    assert np.abs(onnx_proba - proba).max() <= 1e-4
+    with TestClient(create_app(again)) as client:
+        reply = client.post("/predict", files=[("file", (Path(p).name, open(p, "rb").read(), "image/jpeg"))
+                                               for p in images])
+        assert reply.status_code == 200
+        got = np.array([[p["probabilities"][c] for c in again.class_names()] for p in reply.json()["predictions"]])
+    assert np.abs(got - proba).max() <= 1e-5
+
+
+def test_ensemble_selection_adds_a_complementary_member_and_breaks_ties_on_log_loss():
+    from transferlab.selection.ensemble_selection import select
+
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    good = np.array([[.9, .1], [.8, .2], [.2, .8], [.4, .6], [.45, .55], [.3, .7]])  # wrong on image 4
+    other = np.array([[.6, .4], [.4, .6], [.3, .7], [.45, .55], [.9, .1], [.2, .8]])  # wrong on image 1
+    bad = np.full((6, 2), 0.5)
+    chosen = select([good, other, bad], labels)
+    assert chosen.members == [0, 1] and chosen.accuracy == 1.0 and chosen.counts[2] == 0
+    unsure = np.where(good > 0.5, 0.6, 0.4)  # the same answers, less sure
+    assert select([unsure, good], labels).members == [1]  # tied on accuracy: the lower log loss
 
 
 def test_a_mistake_in_the_options_fails_in_one_line_and_writes_no_run(hymenoptera, tmp_path):
@@ -124,45 +184,17 @@ def test_a_mistake_in_the_options_fails_in_one_line_and_writes_no_run(hymenopter
 class _Fake:
     """A candidate that fits at once and scores what `scores` says of its options."""
 
-    def __init__(self, options, scores):
-        self.options, self.scores = options, scores
+    def __init__(self, options, scores, seconds=0.0):
+        self.options, self.scores, self.seconds = options, scores, seconds
+        self.history_ = []
 
     def fit(self, train, val=None, callbacks=()):
+        time.sleep(self.seconds)
         return self
 
 
-def _order(labels, scores):
-    """The candidates choose() runs on these training labels, with fakes scored by `scores`."""
-    from types import SimpleNamespace
-
-    from transferlab.selection import auto
-
-    train = SimpleNamespace(labels=np.asarray(labels))
-    _, candidates, _ = auto.choose(lambda options: _Fake(options, scores), train, None, "tf_efficientnet_lite0",
-                                   time.perf_counter() + 3600, lambda model, val: (model.scores(model.options), 0.5))
-    return {c.name: c for c in candidates}
-
-
-def _bilinear_wins(options):
-    return 0.9 if options.get("pooling") == "bilinear" else 0.6
-
-
-def test_fine_grained_classes_get_bilinear_pooling_at_twice_the_size_when_it_won_at_the_native_one():
-    many = np.repeat(np.arange(12), 20)  # 12 classes of 20 images: fine-grained
-    found = _order(many, _bilinear_wins)
-    sharper = found["features tf_efficientnet_lite0 bilinear pooling 448 px"]
-    assert sharper.options == {"strategy": "features", "backbone": "tf_efficientnet_lite0", "pooling": "bilinear",
-                               "image_size": 448, "layer": "blocks.6"}
-    assert sharper.status == "ok" and list(found).index(sharper.name) < list(found).index("finetune tf_efficientnet_lite0")
-    assert "bilinear" in found  # the trained bilinear network too
-    few = _order(np.repeat(np.arange(2), 100), _bilinear_wins)  # two classes: not fine-grained
-    assert not any(name.endswith(" px") for name in few) and "bilinear" not in few
-    lost = _order(many, lambda options: 0.5 if options.get("pooling") == "bilinear" else 0.6)
-    assert not any(name.endswith(" px") for name in lost)
-
-
 class _Sized:
-    """Labels and a length: what choose() reads of a split."""
+    """Labels and a length: what the search reads of a split."""
 
     def __init__(self, labels):
         self.labels = np.asarray(labels)
@@ -171,31 +203,74 @@ class _Sized:
         return len(self.labels)
 
 
-class _Slow(_Fake):
-    def fit(self, train, val=None, callbacks=()):
-        time.sleep(0.2)
-        return self
+def _search(scores, seconds=0.0, deadline=3600.0, scored_images=0, info=None):
+    """The candidates the search runs on 20 + 6 images with fakes scored by `scores`."""
+    from transferlab.selection.search import Costs, Search
 
+    def make(options):
+        fake = _Fake(options, scores, seconds)
+        if info:
+            fake.fit_info_ = dict(info)
+        return fake
 
-def test_a_candidate_starts_only_when_scoring_the_held_out_images_after_it_still_fits():
-    """The run ends by scoring its held-out images with the winner: a candidate that would leave no
-    time for that is skipped, even though its own fit would fit."""
-    from transferlab.selection import auto
+    def val_scores(model, val):
+        return model.scores(model.options), 0.5, np.full((len(val), 2), 0.5), np.ones(len(val), bool)
 
     train, val = _Sized(np.repeat([0, 1], 10)), _Sized([0, 1] * 3)
+    search = Search(make, train, val, time.perf_counter() + deadline, val_scores, Costs(26, scored_images))
+    return {c.name: c for c in search.run(["tf_efficientnet_lite0", "tf_efficientnet_lite1"])}
 
-    def statuses(scored_images):
-        _, candidates, _ = auto.choose(lambda options: _Slow(options, lambda o: 0.7), train, val, None,
-                                       time.perf_counter() + 3.0, lambda model, val: (0.7, 0.5),
-                                       scored_images=scored_images)
-        return {c.name: c.status for c in candidates}
 
-    plenty = statuses(0)
-    assert plenty["features tf_efficientnet_lite1"] == "ok"
-    # 20 times the images of the measured pass: scoring them with Lite1 needs about 6 s.
-    crowded = statuses(20 * (len(train) + len(val)))
-    assert crowded["features tf_efficientnet_lite0"] == "ok"  # the first always runs
-    assert crowded["features tf_efficientnet_lite1"].startswith("skipped: needs about")
+def _bilinear_wins(options):
+    return 0.9 if options.get("pooling") == "bilinear" or options["strategy"] == "bilinear" else 0.6
+
+
+def test_bilinear_pooling_that_beat_pooled_features_brings_the_higher_resolution_whatever_the_class_counts():
+    found = _search(_bilinear_wins)
+    sharper = found["features lite0 bilinear pooling 448 px"]
+    assert sharper.options == {"strategy": "features", "backbone": "tf_efficientnet_lite0", "pooling": "bilinear",
+                               "image_size": 448, "layer": "blocks.6"}
+    assert sharper.status == "ok" and list(found).index(sharper.name) < list(found).index("finetune lite0")
+    assert "bilinear lite0" in found  # the trained bilinear network too
+    lost = _search(lambda options: 0.5 if options.get("pooling") == "bilinear" else 0.6)
+    assert not any(name.endswith(" px") for name in lost) and "bilinear lite0" not in lost
+
+
+def test_a_candidate_that_does_not_fit_is_skipped_and_the_time_goes_to_the_next_that_does():
+    """Scoring the held-out images after the choice must fit whichever candidate wins; a candidate
+    that would leave no time for it is skipped, and a cheaper one further down still runs."""
+    plenty = _search(lambda o: 0.7, seconds=0.1)
+    assert plenty["features lite1"].status == "ok"
+    # 20 times the images of the measured pass: scoring them needs about 2 s with Lite0, 3.1 s
+    # with Lite1 (1.56 times its operations).
+    crowded = _search(lambda o: 0.7, seconds=0.1, deadline=3.0, scored_images=20 * 26)
+    assert crowded["features lite0"].status == "ok"  # the first always runs
+    assert crowded["features lite1"].status.startswith("skipped: needs about")
+    assert crowded["features lite0 squash"].status == "ok"  # Lite0's cost: it fits
+
+
+def test_what_runs_in_pytorch_is_costed_at_pytorchs_speed_when_the_features_ran_faster():
+    """Training and bilinear-pooled features stay in PyTorch: their estimates add what the first
+    candidate's backbone pass would have taken there, not the faster runtime's seconds."""
+    torch_only = {n: c.estimate for n, c in _search(lambda o: 0.7, seconds=0.2).items()}
+    faster = {n: c.estimate for n, c in _search(lambda o: 0.7, seconds=0.2, info={
+        "frozen_seconds": 0.1, "frozen_torch_seconds": 0.3}).items()}
+    # The first candidate took about 0.2 s either way; in PyTorch its pass would have taken 0.2 s more.
+    assert faster["finetune lite0"] == pytest.approx(torch_only["finetune lite0"] * (0.2 + 0.2) / 0.2, rel=0.3)
+    assert faster["features lite0 bilinear pooling"] > 1.5 * torch_only["features lite0 bilinear pooling"]
+    # Features candidates run in the faster runtime: costed at its own measured speed, and by
+    # each backbone's own compute (Lite1 about 1.56 times Lite0's operations).
+    assert faster["features lite1"] == pytest.approx(torch_only["features lite1"], rel=0.3)
+    assert torch_only["features lite1"] == pytest.approx(1.56 * torch_only["features lite0 squash"], rel=0.05)
+
+
+def test_the_default_image_classifier_is_auto_and_passes_through_to_its_model(small_set, hymenoptera):
+    clf = transferlab.ImageClassifier(backbone="tf_efficientnet_lite0", image_size=64, budget=0.3, progress=False)
+    clf.fit(small_set)
+    assert isinstance(clf.search_, transferlab.AutoClassifier) and clf.search_.candidates_
+    images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:2]
+    assert (clf.predict_proba(images) == clf.search_.model_.predict_proba(images)).all()
+    assert clf.classes_ == clf.search_.model_.classes_
 
 
 class _CtrlC(transferlab.Callback):
@@ -216,8 +291,9 @@ def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hym
     assert f"transferlab train --resume {run}" in str(stopped.value)
     kept = json.loads((run / "auto" / "candidates.json").read_text())["candidates"]
     assert len(kept) == 3 and all(row["options"]["strategy"] == "features" for row in kept.values())
-    assert {"features tf_efficientnet_lite0", "features tf_efficientnet_lite0 squash"} <= set(kept)
-    assert (run / "auto" / "finetune-tf_efficientnet_lite0-training" / "checkpoint.pt").is_file()
+    assert {"features lite0", "features lite0 squash"} <= set(kept)
+    trained = next(name for name in ("finetune-lite0", "finetune-lite0-squash") if (run / "auto" / f"{name}-training").is_dir())
+    assert (run / "auto" / f"{trained}-training" / "checkpoint.pt").is_file()
     with caplog.at_level("INFO", logger="transferlab"):
         resumed = transferlab.train(resume=run, progress=False)
     said = [r.getMessage() for r in caplog.records]
@@ -225,37 +301,7 @@ def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hym
     rows = {r["candidate"]: r for r in resumed.metrics["fit"]["auto"]["candidates"]}
     for name, row in kept.items():  # the finished ones were not fitted again
         assert (rows[name]["val_accuracy"], rows[name]["seconds"]) == (row["val_accuracy"], row["seconds"])
-    assert rows["finetune tf_efficientnet_lite0"]["status"] == "ok"
+    assert rows[trained.replace("-", " ")]["status"] == "ok"
     assert not (run / "auto").exists() and (run / "metrics.json").is_file()
 
 
-class _FastFrozen(_Slow):
-    """A features candidate whose backbone pass ran in onnxruntime, 3 times PyTorch's speed."""
-
-    def fit(self, train, val=None, callbacks=()):
-        super().fit(train, val, callbacks)
-        self.fit_info_ = {"frozen_seconds": 0.1, "frozen_torch_seconds": 0.3}
-        return self
-
-
-def test_what_runs_in_pytorch_is_costed_at_pytorchs_speed_when_the_features_ran_faster():
-    """Training and bilinear-pooled features stay in PyTorch: their estimates add what the first
-    candidate's backbone pass would have taken there, not the faster runtime's seconds."""
-    from transferlab.selection import auto
-
-    train, val = _Sized(np.repeat([0, 1], 10)), _Sized([0, 1] * 3)
-
-    def estimates(model):
-        _, candidates, _ = auto.choose(lambda options: model(options, lambda o: 0.7), train, val, None,
-                                       time.perf_counter() + 3600, lambda m, v: (0.7, 0.5))
-        return {c.name: c.estimate for c in candidates}
-
-    torch_only, faster = estimates(_Slow), estimates(_FastFrozen)
-    finetune = next(n for n in faster if n.startswith("finetune"))
-    # The first candidate took about 0.2 s either way; in PyTorch its pass would have taken 0.2 s more.
-    assert faster[finetune] == pytest.approx(torch_only[finetune] * (0.2 + 0.2) / 0.2, rel=0.3)
-    pooled = next(n for n in faster if n.endswith("bilinear pooling"))
-    assert faster[pooled] > 1.5 * torch_only[pooled]
-    # Features candidates run in the faster runtime: costed at its own measured speed.
-    assert faster["features tf_efficientnet_lite1"] == pytest.approx(torch_only["features tf_efficientnet_lite1"],
-                                                                     rel=0.3)

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # No name here is also the name of a submodule of transferlab: importing that submodule would
 # replace the function with the module.
 _EXPORTS = {
-    "ImageClassifier": "classifier", "RunConfig": "config", "ImageSet": "data.types",
+    "ImageClassifier": "classifier", "AutoClassifier": "selection.auto", "RunConfig": "config", "ImageSet": "data.types",
     "load_source": "data.sources", "split_source": "data.split", "TransferlabError": "errors",
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
     "layers": "api", "compare": "api", "lr_find": "api", "predict": "inference.predict",
@@ -22,6 +22,8 @@ def __getattr__(name: str):
     import importlib
 
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name == "ImageClassifier":  # its default strategy, auto, is AutoClassifier: registered on import
+        importlib.import_module(".selection.auto", __name__)
     globals()[name] = value
     return value
 

@@ -35,16 +35,13 @@ from .models.ensemble import FeatureEnsemble
 from .models.factory import ModelSpec, build_model
 from .models.network import Network
 from .models.heads import parse_head
-from .selection.auto import choose, refit_fits
-from .selection.saved_candidates import FOLDER as CANDIDATES_FOLDER
-from .selection.saved_candidates import SavedCandidates
 from .training.batches import TensorBatches
-from .training.callbacks import Budget, Callback, Checkpoint
+from .training.callbacks import Budget, Callback
 from .training.distributed import World
 from .training.engine import Phase, Trainer
-from .training.fit import check_sizes, fingerprint, fit_network, resolve_device, tool_callbacks, train_settings
+from .training.fit import check_sizes, fit_network, resolve_device, tool_callbacks, train_settings
 from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest, sweep_phase
-from .training.strategies import RECIPES, phases, resolve
+from .training.strategies import RECIPES, meta_estimator, phases, resolve
 
 log = logging.getLogger("transferlab")
 
@@ -75,6 +72,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         `callbacks` see every phase, epoch and batch of training (training/callbacks.py); a
         Budget among them replaces the one the `budget` parameter would make.
         """
+        meta = meta_estimator(self.strategy)
+        if meta is not None:  # auto: a search over classifiers, held as `search_`; its model predicts
+            self.search_ = meta(**self._fit_options(), progress=self.progress).fit(X, y, val=val,
+                                                                                 callbacks=callbacks)
+            return self
         started = time.perf_counter()
         cfg = resolve(RunConfig.from_dict(self._fit_options(), origin="ImageClassifier"))
         train, self.classes_ = training_set(X, y)
@@ -83,9 +85,6 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         callbacks = list(callbacks or [])
         if cfg.budget is not None and not any(isinstance(c, Budget) for c in callbacks):
             callbacks.append(Budget(cfg.budget, started))
-        if cfg.strategy == "auto":
-            self._fit_auto(cfg, train, val, callbacks, started)
-            return self
         self.config_ = cfg
         self.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
         built = build_model(self.spec_)
@@ -140,67 +139,6 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                                    "or more training images") from None
         return LRFindResult(sweep.rates, sweep.losses, sweep.raw, sweep.phase, suggestions)
 
-    def _fit_auto(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
-                  started: float) -> None:
-        """Fit the candidates of `--strategy auto` cheapest first within the budget, keep the one
-        with the best validation score, and become it (its strategy, network and options).
-
-        The run's Budget bounds the whole run, scoring its held-out images included; a Checkpoint
-        among the callbacks names the run directory, where each finished candidate is kept so an
-        interrupted run continues from them."""
-        whole = train
-        if val is None:  # choices need a validation split: held back from train, per class
-            train, val = hold_back(train, cfg.seed)
-        budget = next((c for c in callbacks if isinstance(c, Budget)), None)
-        checkpoint = next((c for c in callbacks if isinstance(c, Checkpoint)), None)
-        begun = budget.started if budget is not None else started
-        saved = None if checkpoint is None else SavedCandidates(
-            checkpoint.directory / CANDIDATES_FOLDER, fingerprint(train, val), _write_candidate, _read_candidate,
-            begun, save=checkpoint.save)
-        spent_before = saved.spent_before if saved is not None else 0.0
-        deadline = begun + (budget.minutes if budget is not None else cfg.budget) * 60 - spent_before
-        others = [c for c in callbacks if not isinstance(c, (Budget, Checkpoint))]
-        options = {**self._fit_options(), "budget": None}
-
-        def make(changes: dict) -> "ImageClassifier":
-            return ImageClassifier(**{**options, **changes}, progress=self.progress)
-
-        try:
-            winner, candidates, why = choose(make, train, val, self.backbone, deadline, _val_scores, others,
-                                             lambda minutes: Budget(minutes), saved,
-                                             budget.reserve_images if budget is not None else 0)
-        except BaseException:
-            if saved is not None:
-                saved.record()  # the seconds spent so far count against the budget when it continues
-            raise
-        chosen = next(c for c in candidates if c.model is winner)
-        refit = None
-        if whole is not train and chosen.options["strategy"] == "features":
-            # The held-back images served the choice; a features winner is refitted on all of
-            # train from its cached features (C by cross-validation), exactly the run the user
-            # would get by asking for it, when the budget left allows it. A trained winner
-            # already held back the same images for its early stopping, so it is kept as fitted.
-            fits, why_not = refit_fits(chosen, deadline)
-            if fits:
-                refit_start = time.perf_counter()
-                winner = make(chosen.options).fit(whole, callbacks=others)
-                refit = {"images": len(whole), "seconds": round(time.perf_counter() - refit_start, 1)}
-                log.info(f"auto: refitted {chosen.name} on all {len(whole)} training images "
-                         f"({refit['seconds']:.0f} s)")
-            else:
-                refit = {"images": len(train), "seconds": 0.0, "skipped": why_not}
-                log.info(f"auto: {chosen.name} kept as fitted on {len(train)} images: its refit on all of "
-                         f"train {why_not}")
-        for name in ("classes_", "network_", "preprocess_", "weights_", "spec_", "config_", "history_", "skipped_",
-                     "feature_counts_"):
-            if hasattr(winner, name):
-                setattr(self, name, getattr(winner, name))
-        self.fit_info_ = {**winner.fit_info_, "auto": {
-            "chosen": chosen.name, "why": why, "refit": refit, "budget_minutes": cfg.budget,
-            "seconds": round(time.perf_counter() - started + spent_before, 1),
-            "candidates": [c.row() for c in candidates]}}
-        log.info(f"auto chose {chosen.name}: {why}")
-
     def _fit_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
 
@@ -252,7 +190,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                   "frozen_torch_seconds": round(sum(ex.torch_seconds for ex in extracted), 3)}
         if parse_head(cfg.head)[0] == "linear":
             fitting = time.perf_counter()
-            self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed)
+            self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed,
+                                         cfg.logistic_c)
             self.fit_info_.update(classifier_seconds=round(time.perf_counter() - fitting, 3), **frozen)
             return
         if x_val is None and sweep is None:
@@ -352,13 +291,27 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         """Rebuild a saved classifier; needs no network and no pretrained weights file."""
         model = saved.load(directory)
         # Options of other versions that this one does not know are left out.
-        params = {f.name: model.params[f.name] for f in fields(FitOptions) if f.name in model.params}
+        return cls.assemble(model.params, model.network, model.spec, model.preprocess, model.weights,
+                            list(model.classes), origin=f"{directory}/model.json")
+
+    @classmethod
+    def assemble(cls, params: dict, network: nn.Module, spec: ModelSpec, preprocess, weights, classes: list,
+                 fit_info: dict | None = None, skipped: list | None = None, origin: str = "ImageClassifier"
+                 ) -> "ImageClassifier":
+        """A fitted classifier from its parts (a saved run's, or an ensemble of fitted ones)."""
+        params = {f.name: params[f.name] for f in fields(FitOptions) if f.name in params}
         clf = cls(**params)
-        clf.config_ = RunConfig.from_dict(params, origin=f"{directory}/model.json", check_files=False)
-        clf.network_, clf.spec_, clf.preprocess_ = model.network, model.spec, model.preprocess
-        clf.weights_, clf.classes_ = model.weights, list(model.classes)
-        clf.fit_info_, clf.skipped_, clf.history_ = {}, [], []
+        clf.config_ = RunConfig.from_dict(params, origin=origin, check_files=False)
+        clf.network_, clf.spec_, clf.preprocess_ = network, spec, preprocess
+        clf.weights_, clf.classes_ = weights, list(classes)
+        clf.fit_info_, clf.skipped_, clf.history_ = dict(fit_info or {}), list(skipped or []), []
         return clf
+
+    def __getattr__(self, name: str):
+        # Fitted by a meta strategy (auto): the learned state is its model's.
+        if name.endswith("_") and not name.startswith("__") and "search_" in self.__dict__:
+            return getattr(self.__dict__["search_"], name)
+        raise AttributeError(name)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -496,7 +449,7 @@ def align_classes(images: ImageSet, classes: list[str], what: str, some: bool = 
     return ImageSet(images.images, remap[images.labels], list(classes), images.name)
 
 
-def _write_candidate(model: ImageClassifier, folder: Path) -> None:
+def write_fitted(model: ImageClassifier, folder: Path) -> None:
     """A finished auto candidate: its model files and what the run reports of its fit."""
     model.write_model_files(folder)
     fitted = {"fit_info": model.fit_info_, "history": model.history_, "skipped": model.skipped_,
@@ -504,7 +457,7 @@ def _write_candidate(model: ImageClassifier, folder: Path) -> None:
     write_json(folder / "fitted.json", fitted)
 
 
-def _read_candidate(folder: Path) -> ImageClassifier:
+def read_fitted(folder: Path) -> ImageClassifier:
     model = ImageClassifier.load(folder)
     fitted = json.loads((folder / "fitted.json").read_text(encoding="utf-8"))
     model.fit_info_, model.history_, model.skipped_ = fitted["fit_info"], fitted["history"], fitted["skipped"]
@@ -513,14 +466,14 @@ def _read_candidate(folder: Path) -> ImageClassifier:
     return model
 
 
-def _val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float]:
-    """(accuracy, log loss) of a fitted model on the readable val images."""
+def val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(accuracy, log loss, probabilities, readable mask) of a fitted model on the val images."""
     proba, ok, _ = model.predict_proba_readable(val.images)
     labels = val.labels[ok]
     if not len(labels):
-        return 0.0, math.inf
+        return 0.0, math.inf, proba, ok
     picked = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)
-    return float((proba.argmax(1) == labels).mean()), float(-np.log(picked).mean())
+    return float((proba.argmax(1) == labels).mean()), float(-np.log(picked).mean()), proba, ok
 
 
 def hold_back_mask(labels: np.ndarray, seed: int) -> np.ndarray:

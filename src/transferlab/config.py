@@ -111,6 +111,11 @@ class FitOptions:
     min_delta: float = opt(1e-4, "smallest change that counts as an improvement")
     batch_size: int = opt(32, "images per batch")
     budget: float | None = opt(None, "minutes the run may take: epochs end early to fit (plus at most one epoch)")
+    logistic_c: float | None = opt(None, "features with a linear head: logistic regression's inverse L2 strength C "
+                                         "(default: chosen by val log loss, or by 5-fold cross-validation without "
+                                         "val)", "model")
+    refit_full: bool = opt(False, "auto: refit the chosen trained candidates on train + val too (features ones "
+                                  "always are, when the budget allows), for the epochs their first fit ran")
     prefix_cache: bool = opt(True, "run the frozen front of the network once per cached view instead of every epoch")
     cache_views: int = opt(2, "augmented views per training image in the prefix cache")
     cache_memory_mb: int = opt(2048, "memory for the prefix cache; beyond it the cache goes to disk")
@@ -226,6 +231,8 @@ class RunConfig(FitOptions):
             bad("name", "is not a folder name: give a name without '/' (the run goes into --out)")
         if self.budget is not None and self.budget <= 0:
             bad("budget", "must be a positive number of minutes")
+        if self.logistic_c is not None and not self.logistic_c > 0:
+            bad("logistic_c", "must be a positive number (larger: less regularised)")
         if self.cache_views < 1:
             bad("cache_views", "must be at least 1")
         if self.feature_views not in (1, 2):
@@ -284,6 +291,12 @@ class RunConfig(FitOptions):
                 f"--ema {self.ema} averages weights trained by gradient, but --strategy features fits its linear "
                 "head by logistic regression (no epochs to average): drop --ema, or give --head mlp:512 (a head "
                 "trained by gradient, which --ema then averages)")
+        if self.logistic_c is not None and self.strategy not in ("features", "auto"):
+            raise TransferlabError(f"--logistic-c sets the features strategy's logistic regression, but --strategy "
+                                   f"{self.strategy} trains its head by gradient: drop --logistic-c")
+        if self.refit_full and self.strategy != "auto":
+            raise TransferlabError(f"--refit-full refits auto's chosen candidates on train + val, but --strategy "
+                                   f"{self.strategy} chooses nothing: drop --refit-full, or use --strategy auto")
         return self
 
     def branch_dropouts(self) -> tuple[float, float]:

@@ -48,14 +48,18 @@ def command(name: str, help: str, arguments: list = (), description: str = "",
                  "are used if present), a .csv of path,label[,split], or 'digits'"),
              arg("--config", help="YAML file of run options (same keys); options given here override it"),
              arg("--resume", metavar="RUN", help="continue an interrupted run from its last complete epoch"),
+             arg("--replay", metavar="RUN", help="refit a finished auto run's plan (its plan.json: candidates, "
+                 "epochs, ensemble) on its data into a new run, no budget deciding: the same probabilities"),
              arg("--devices", type=int, metavar="N", help="data-parallel on N processes (one per GPU, or CPU "
                  "processes with gloo): starts `torchrun --nproc-per-node N -m transferlab train ...`")])
 def train(args: argparse.Namespace, progress: bool) -> None:
     given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name, None) is not None}
-    if args.resume:
+    if args.resume or args.replay:
+        if args.resume and args.replay:
+            raise TransferlabError("--resume continues an interrupted run, --replay refits a finished one: give one")
         from ..api import train as run_train
 
-        run = run_train(resume=args.resume, progress=progress, started=args.started, **given)
+        run = run_train(resume=args.resume, replay=args.replay, progress=progress, started=args.started, **given)
     else:
         if "data" not in given and not args.config:
             raise TransferlabError("train needs DATA: a folder, a .csv file, a CIFAR archive or 'digits'")

@@ -82,6 +82,6 @@ def predict_pixels(network: Network, images: list[ImageRef], pre: Preprocess, ba
     network.to("cpu")
     # Nothing readable: no rows, but still one column per class (the head's last linear layer's).
     linear = [m for m in network.head.modules() if isinstance(m, torch.nn.Linear)]
-    classes = linear[-1].out_features if linear else 0
+    classes = linear[-1].out_features if linear else getattr(network.head, "num_classes", 0)
     proba = np.concatenate(rows) if rows else np.zeros((0, classes), np.float32)
     return proba, ok, failures

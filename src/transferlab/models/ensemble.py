@@ -1,12 +1,14 @@
-"""Pooled features of several backbones side by side, and of an image and its mirror averaged:
-the `features` strategy's ensembles (`--backbone a,b`, `--feature-views 2`), as one backbone
-module so that predict, export and explain run them like any network."""
+"""Ensembles as one network, so that predict, export, serve and explain run them like any other:
+pooled features of several backbones side by side, and of an image and its mirror averaged (the
+`features` strategy's `--backbone a,b`, `--feature-views 2`); and the weighted mean of whole
+networks' probabilities (auto's ensemble of its candidates)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -59,3 +61,40 @@ class _Part(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ensemble.member_features(self.k, x)
+
+
+class MemberNetworks(nn.Module):
+    """Whole fitted networks on the same image, each at its own input size: the pixels arrive at
+    the largest member's size and are resized (antialiased) for the others. Returns each member's
+    log-probabilities, (images, members, classes)."""
+
+    def __init__(self, networks: Sequence[nn.Module], sizes: Sequence[int], input_size: int,
+                 interpolation: str = "bilinear"):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.sizes, self.input_size = [int(s) for s in sizes], int(input_size)
+        # The decoder's own filter (timm's EfficientNet weights were trained on bicubic resizes).
+        self.mode = "bicubic" if interpolation == "bicubic" else "bilinear"
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.float()
+        outputs = []
+        for network, size in zip(self.networks, self.sizes):
+            x = pixels if size == pixels.shape[-1] else F.interpolate(
+                pixels, size=(size, size), mode=self.mode, antialias=True, align_corners=False)
+            outputs.append(torch.log_softmax(network(x).float(), 1))
+        return torch.stack(outputs, 1)
+
+
+class WeightedProbabilities(nn.Module):
+    """The members' probabilities averaged with fixed weights, returned as log-probabilities so
+    that the softmax every caller applies gives the average back exactly."""
+
+    def __init__(self, weights: Sequence[float], num_classes: int):
+        super().__init__()
+        total = float(sum(weights))
+        self.register_buffer("log_weights", torch.tensor([w / total for w in weights]).log().view(1, -1, 1))
+        self.num_classes = int(num_classes)
+
+    def forward(self, member_log_probabilities: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(member_log_probabilities + self.log_weights, 1)

@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import TransferlabError
 from .backbones import create_backbone, feature_dim
 from .bilinear import BilinearFeatures, BilinearHead
-from .ensemble import FeatureEnsemble
+from .ensemble import FeatureEnsemble, MemberNetworks, WeightedProbabilities
 from .heads import build_head, parse_branch_dropout
 from .network import Network
 from .preprocess import Preprocess
@@ -45,6 +45,10 @@ class ModelSpec:
     pooling: str = "avg"             # features: avg, or bilinear (second-order pooling of `layer`)
     resize: str = "crop"             # how images become the square input (specs saved before it cropped)
     seed: int = 0
+    # strategy "ensemble": the members' own specs and preprocessing ({"spec":, "preprocess":}), and
+    # the weight of each member's probabilities
+    members: tuple = ()
+    member_weights: tuple = ()
 
     @property
     def backbones(self) -> list[str]:
@@ -63,7 +67,9 @@ class ModelSpec:
     def from_dict(cls, values: Mapping) -> "ModelSpec":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        return cls(**{**values, "branch_dropout": tuple(values.get("branch_dropout", (0.0, 0.0)))})
+        return cls(**{**values, "branch_dropout": tuple(values.get("branch_dropout", (0.0, 0.0))),
+                      "members": tuple(values.get("members", ())),
+                      "member_weights": tuple(values.get("member_weights", ()))})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -80,6 +86,8 @@ class BuiltModel(NamedTuple):
 def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
     """The network `spec` describes. load_weights=False builds the structure only (random
     weights, no re-initialisation), for saved weights to fill."""
+    if spec.strategy == "ensemble":
+        return _probability_ensemble(spec, load_weights)
     weights = spec.weights if load_weights else "none"
     if len(spec.backbones) > 1 or spec.feature_views > 1:
         backbone, pre, info = _ensemble(spec, weights)
@@ -113,6 +121,32 @@ def _ensemble(spec: ModelSpec, weights: str) -> tuple[FeatureEnsemble, Preproces
     pre = replace(pre, mean=first.mean, std=first.std)  # the network normalises for the first member
     info = built[0][2] if len(built) == 1 else WeightsInfo.combined([b[2] for b in built])
     return ensemble, pre, info
+
+
+def ensemble_spec(members: list[tuple["ModelSpec", Preprocess]], weights: list[float], seed: int = 0) -> "ModelSpec":
+    """The spec of fitted networks whose probabilities are averaged with `weights`."""
+    return ModelSpec(backbone=",".join(dict.fromkeys(s.backbone for s, _ in members)),
+                     num_classes=members[0][0].num_classes, strategy="ensemble", resize=members[0][1].resize,
+                     seed=seed, members=tuple({"spec": s.to_dict(), "preprocess": p.to_dict()} for s, p in members),
+                     member_weights=tuple(float(w) for w in weights))
+
+
+def _probability_ensemble(spec: ModelSpec, load_weights: bool) -> BuiltModel:
+    """The members' networks (weights are the saved ones: each was fitted before it joined) side
+    by side on one input: the largest member's size and preprocessing; the network resizes for
+    the others."""
+    built, pres = [], []
+    for member in spec.members:
+        one = build_model(ModelSpec.from_dict(member["spec"]), load_weights=False)
+        built.append(one)
+        pres.append(Preprocess.from_dict(member["preprocess"]))
+    pre = max(pres, key=lambda p: p.input_size)
+    stack = MemberNetworks([b.network for b in built], [p.input_size for p in pres], pre.input_size,
+                           pre.interpolation)
+    head = WeightedProbabilities(spec.member_weights, spec.num_classes)
+    # The members normalise their own pixels: the outer normalisation is the identity.
+    network = Network(stack, head, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), pre.input_size)
+    return BuiltModel(network, pre, WeightsInfo.combined([b.weights for b in built]))
 
 
 def _pooled(spec: ModelSpec, backbone: nn.Module) -> nn.Module:

@@ -200,10 +200,12 @@ def _auto_section(metrics: dict) -> dict | None:
     auto = (metrics.get("fit") or {}).get("auto")
     if not auto:
         return None
-    rows = [[c["candidate"], c["status"], *(_fmt(c.get(k)) for k in ("val_accuracy", "val_log_loss", "seconds",
-                                                                      "estimated_seconds"))]
-            for c in auto["candidates"]]
-    return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows, "refit": auto.get("refit")}
+    rows = [[c["candidate"], c["status"], *(_fmt(c.get(k)) for k in (
+        "val_accuracy", "val_log_loss", "choice_accuracy", "seconds", "estimated_seconds"))]
+        for c in auto["candidates"]]
+    members = [[m["name"], _fmt(round(m["weight"], 3)), m["refit"]] for m in auto.get("members", [])]
+    return {"chosen": auto["chosen"], "why": auto["why"], "rows": rows, "members": members,
+            "images": auto.get("choice_images"), "source": auto.get("choice_from")}
 
 
 def _folds_section(metrics: dict) -> dict | None:

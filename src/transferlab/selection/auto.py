@@ -1,281 +1,310 @@
-"""`--strategy auto`: candidates fitted cheapest first within a time budget, each scored on the
-validation split only, the best kept. The test split is never seen here: the caller scores the
-winner on it once, after the choice.
+"""AutoClassifier: `--strategy auto` as a meta-estimator (scikit-learn's GridSearchCV, AutoGluon's
+predictor). It fits the portfolio's candidates within the budget (search.py), each an ordinary
+ImageClassifier; weighs them by ensemble selection on validation probabilities (out-of-fold over
+train + val where every candidate is a cheap features one); refits the chosen ones on all the
+labelled training images where that is cheap (or asked for); and holds the result, one candidate
+or their weighted ensemble, as `model_`, through which predict, score and save pass.
 
-The estimator is passed in as a factory (`make(options) -> fitted-to-be estimator`), so this
-module knows the candidates and the budget, not how a classifier is built.
-"""
+The test split is never seen here: the caller scores `model_` on it once, after the choice. The
+run's plan (the candidates fitted, each trained one's epochs, and every decision the clock made)
+is `plan_`: `fit(..., plan=)` replays it exactly, with no budget deciding anything."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from ..classifier import (ImageClassifier, align_classes, hold_back, labelled_set, read_fitted, training_set,
+                          val_scores, write_fitted)
+from ..config import FitOptions, RunConfig
+from ..data.types import ImageSet
 from ..errors import TransferlabError
-from ..runtime.frozen import EXPORT_IN_FORWARDS, EXPORT_PAYS_BACK
-from ..models.weights import packaged_installed
+from ..features.logistic import C_GRID, out_of_fold
+from ..models.factory import build_model, ensemble_spec
+from ..models.weights import WeightsInfo, packaged_installed
+from ..training.callbacks import Budget, Checkpoint, EpochLimits
+from ..training.fit import fingerprint
+from ..training.strategies import register_meta, resolve
+from .ensemble_selection import Selection, scores, select
+from .saved_candidates import FOLDER as CANDIDATES_FOLDER
 from .saved_candidates import SavedCandidates
+from .search import Candidate, Costs, Search
 
 log = logging.getLogger("transferlab")
 
 OFFLINE_ZOO = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
-# Forward cost of each backbone at its own input size against Lite0 at 224 px, about their
-# multiply-adds (0.39, 0.60, 0.87 GMACs); an ensemble runs every member at the largest size.
-COST = {"tf_efficientnet_lite0": 1.0, "tf_efficientnet_lite1": 1.55, "tf_efficientnet_lite2": 2.25}
-NATIVE = {"tf_efficientnet_lite0": 224, "tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}
-# How much longer fine-tuning takes than one features pass over the same images, measured on
-# cars43 and hymenoptera with the default recipe (2 cached views, up to 35 epochs on the cache).
-FINETUNE_OVER_FEATURES = 4.0
-# The finetune recipe unfreezes 3 stages, not 1: 2.2x the time on cars43 and cifar10-small.
-UNFREEZE_3_OVER_1 = 2.2
-# Bilinear pooling of a frozen tap: the same pass, then logistic regression on ~18k features
-# instead of 1,280 (cars43: about 2x the features run with a validation split).
-BILINEAR_POOLING_OVER_FEATURES = 2.5
-# Fine-grained classes are told apart by small parts: bilinear pooling of the last block stage at
-# twice the native size scored 0.912 against 0.899 at 224 px on cars43 (Lite0, squash), for about
-# four times the backbone pass.
-HIGHER_RESOLUTION = 2
-# A features winner is refitted on all of train with C chosen by 5-fold cross-validation instead
-# of on the validation split: five searches, each on 0.8 / 0.85 of the rows the chosen one saw.
-REFIT_OVER_SEARCH = 5 * 0.8 / 0.85
+# A features candidate is refitted on train + val at the C its validation chose: one fit at one C
+# against its first fit's search along the 11 values of C_GRID (warm-started, so each costs less
+# than a cold one: twice the search's share is kept).
+REFIT_OVER_SEARCH = 2 / len(C_GRID)
+FOLDS = 5  # out-of-fold probabilities of the features candidates
+PLAN_FORMAT = 1
 
 
 @dataclass
-class Candidate:
+class Member:
+    """A candidate in the final model: its weight and how it was (re)fitted."""
     name: str
-    options: dict          # run options that differ from the user's
-    estimate: float = 0.0  # seconds, before it runs
-    val_accuracy: float | None = None
-    val_log_loss: float | None = None
-    seconds: float | None = None
-    status: str = "pending"
-    classifier_seconds: float | None = None  # of a features candidate: fitting its classifier
-    torch_extra: float = 0.0  # of a features candidate: what its backbone pass would have added in PyTorch
-    scoring: float = 0.0   # seconds, estimated, of scoring the held-out images with it
-    model: object = field(default=None, repr=False)
-
-    def row(self) -> dict:
-        return {"candidate": self.name, "options": self.options, "val_accuracy": _round(self.val_accuracy),
-                "val_log_loss": _round(self.val_log_loss), "seconds": _round(self.seconds, 1),
-                "estimated_seconds": round(self.estimate, 1), "status": self.status}
-
-    def trains(self) -> bool:
-        """Whether it trains by gradient (and so keeps a checkpoint while it does)."""
-        return self.options["strategy"] != "features"
-
-    def saved_row(self) -> dict:
-        """What a resumed run needs of a finished candidate besides its model."""
-        return {**self.row(), "classifier_seconds": self.classifier_seconds, "torch_extra": self.torch_extra,
-                "unrounded": {
-            "val_accuracy": self.val_accuracy, "val_log_loss": self.val_log_loss, "seconds": self.seconds,
-            "estimate": self.estimate}}
-
-    def restore(self, row: dict) -> None:
-        exact = row["unrounded"]
-        self.val_accuracy, self.val_log_loss = exact["val_accuracy"], exact["val_log_loss"]
-        self.seconds, self.estimate = exact["seconds"], exact["estimate"]
-        self.classifier_seconds, self.status = row.get("classifier_seconds"), "ok"
-        self.torch_extra = float(row.get("torch_extra") or 0.0)
+    weight: float
+    refit: str  # "train+val", or why it was kept as fitted on train
 
 
-def _round(value, digits: int = 4):
-    return None if value is None else round(float(value), digits)
+@dataclass(kw_only=True, eq=False, repr=False)
+class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
+    """The best of the portfolio's candidates, or their weighted ensemble, within `budget` minutes.
 
+    Parameters are ImageClassifier's (the options of `transferlab train`); every candidate
+    inherits them and uses what applies to it. `fit` learns `candidates_` (every candidate, fitted
+    or skipped, with its validation scores), `ensemble_` (the selection: members and weights),
+    `best_estimator_` (the best single candidate on validation), `model_` (what predicts: one
+    ImageClassifier, a candidate or the ensemble of several), `plan_` (what `fit(plan=)` replays)
+    and `fit_info_`."""
 
-def fine_grained(labels: np.ndarray) -> bool:
-    """Many classes with few images each (car models, bird species): bilinear pooling's case."""
-    counts = np.bincount(labels)
-    return len(counts) >= 10 and float(np.median(counts)) <= 100
+    progress: bool = True
 
+    def fit(self, X, y=None, *, val=None, callbacks=None, plan: dict | None = None) -> "AutoClassifier":
+        """Fit on `X` (as ImageClassifier.fit takes it); `val` guides the choice, else 15% of each
+        class is held back from X for it. Either way the chosen features candidates are refitted
+        on all of X and val. `plan` (a finished fit's `plan_`) replays that fit exactly."""
+        started = time.perf_counter()
+        cfg = resolve(RunConfig.from_dict(self._fit_options(), origin="AutoClassifier"))
+        given, classes = training_set(X, y)
+        if val is not None:
+            val = align_classes(labelled_set(val, None, "val")[0], given.classes, "val")
+        train, val = hold_back(given, cfg.seed) if val is None else (given, val)
+        whole = ImageSet(train.images + val.images, np.concatenate([train.labels, val.labels]), train.classes,
+                         train.name)
+        callbacks = list(callbacks or [])
+        budget = next((c for c in callbacks if isinstance(c, Budget)), None) or Budget(cfg.budget, started)
+        checkpoint = next((c for c in callbacks if isinstance(c, Checkpoint)), None)
+        saved = None if checkpoint is None or plan is not None else SavedCandidates(
+            checkpoint.directory / CANDIDATES_FOLDER, fingerprint(train, val), write_fitted,
+            read_fitted, budget.started, save=checkpoint.save)
+        spent_before = saved.spent_before if saved is not None else 0.0
+        deadline = budget.started + budget.minutes * 60 - spent_before if plan is None else np.inf
+        options = {**self._fit_options(), "budget": None}
 
-def feature_candidates(backbone: str | None) -> list[Candidate]:
-    """The cheap ones: features on each offline backbone (or the one the user named), then the
-    ensemble of them."""
-    names = [backbone] if backbone else [n for n in OFFLINE_ZOO if packaged_installed(n)]
-    found = [Candidate(f"features {n}", {"strategy": "features", "backbone": n}) for n in names]
-    if len(names) > 1:
-        found.append(Candidate(f"features {'+'.join(n.removeprefix('tf_efficientnet_') for n in names)}",
-                               {"strategy": "features", "backbone": ",".join(names)}))
-    return found
+        def make(changes: dict) -> ImageClassifier:
+            return ImageClassifier(**{**options, **changes}, progress=self.progress)
 
-
-def choose(make: Callable[[dict], object], train, val, backbone: str | None, deadline: float,
-           val_scores: Callable[[object, object], tuple[float, float]],
-           callbacks: Sequence = (), budget_callback: Callable[[float], object] | None = None,
-           saved: SavedCandidates | None = None, scored_images: int = 0,
-           ) -> tuple[object, list[Candidate], str]:
-    """Fit the candidates in order while the budget allows; return (the winner, every candidate,
-    why it won). `val_scores(model, val)` gives (accuracy, log loss) on the val split.
-
-    `deadline` is when the whole run must end: a candidate starts only when it fits with the
-    scoring of `scored_images` held-out images after the choice, were it (or any finished one)
-    to win. `saved` keeps each finished candidate, so an interrupted run continues from them."""
-    candidates = feature_candidates(backbone)
-    unit = None  # seconds of a Lite0 features pass over train + val, once measured
-    # The same in PyTorch, for what runs there whatever the runtime: training, the scoring of a
-    # trained candidate, bilinear-pooled features (their ONNX graph is refused, 1e-4 off).
-    torch_unit = None
-    passed = max(len(train) + len(val), 1) if scored_images else 1  # images of the measured pass
-    after: list[float] = []  # the scoring after the choice, were each finished candidate to win
-
-    def ending(candidate: Candidate) -> float:
-        """Seconds of scoring the held-out images were `candidate` to win, at its cost per image
-        (the measured Lite0 pass scaled by its network's multiply-adds and pixels). A features
-        winner's refit is not reserved: it runs when the time left allows it (`refit_fits`)."""
-        if unit is None:
-            return 0.0
-        return scored_images * pace(candidate) / passed * _pass_cost(candidate.options)
-
-    def pace(candidate: Candidate) -> float:
-        """The measured unit of the runtime the scoring with `candidate` runs in: a trained network's
-        in onnxruntime when the images pay back its export (inference/probabilities.py), which
-        is added; bilinear pooling's in PyTorch."""
-        if candidate.options.get("pooling") == "bilinear" or candidate.options["strategy"] == "bilinear":
-            return torch_unit
-        if candidate.options["strategy"] == "features" or unit == torch_unit:
-            return unit
-        if scored_images < EXPORT_PAYS_BACK:
-            return torch_unit
-        return unit + torch_unit * EXPORT_IN_FORWARDS / scored_images
-
-    def run(candidate: Candidate, extra_callbacks: Sequence = ()) -> None:
-        kept = saved.finished(candidate.name, candidate.options) if saved is not None else None
-        if kept is not None:
-            row, candidate.model = kept
-            candidate.restore(row)
-            candidate.scoring = ending(candidate)
-            after.append(candidate.scoring)
-            log.info(f"auto: {candidate.name}: val accuracy {candidate.val_accuracy:.4f} (kept from before the "
-                     "interruption)")
-            return
-        # A candidate that trains by gradient ends its epochs in time to leave the scoring of
-        # whichever candidate wins (its Budget); it starts when its whole estimate and its own
-        # scoring fit. One that cannot be cut short must leave room for any winner's scoring.
-        anyone = deadline - time.perf_counter() - max([*after, ending(candidate)])
-        left = deadline - time.perf_counter() - ending(candidate) if candidate.trains() else anyone
-        if (candidate.estimate > left or anyone <= 0) and any(c.status == "ok" for c in candidates):  # the first runs
-            candidate.status = f"skipped: needs about {candidate.estimate:.0f} s, {max(min(left, anyone), 0):.0f} s left"
-            log.info(f"auto: {candidate.name} {candidate.status}")
-            return
-        start = time.perf_counter()
-        resumable = saved.training(candidate.name) if saved is not None and candidate.trains() else []
+        costs = Costs(len(train) + len(val), budget.reserve_images, cfg.image_size)
+        search = Search(make, train, val, deadline, val_scores, costs,
+                        [c for c in callbacks if not isinstance(c, (Budget, Checkpoint))], Budget, saved,
+                        reserve=lambda: self._refit_reserve(search.candidates))
         try:
-            model = make(candidate.options).fit(train, val=val,
-                                                callbacks=[*callbacks, *extra_callbacks, *resumable])
-        except TransferlabError:
-            raise  # the user's mistake (an unknown backbone, a bad option): every candidate would hit it
-        except Exception as err:  # one candidate failing (memory, odd data) leaves the others
-            candidate.status = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
-            log.warning(f"auto: {candidate.name} {candidate.status}")
-            return
-        candidate.seconds = time.perf_counter() - start
-        candidate.val_accuracy, candidate.val_log_loss = val_scores(model, val)
-        info = getattr(model, "fit_info_", {})
-        candidate.classifier_seconds = info.get("classifier_seconds")
-        candidate.torch_extra = max(info.get("frozen_torch_seconds", 0.0) - info.get("frozen_seconds", 0.0), 0.0)
-        candidate.model, candidate.status = model, "ok"
-        candidate.scoring = ending(candidate)
-        after.append(candidate.scoring)
-        if saved is not None:
-            saved.keep(candidate.name, candidate.saved_row(), model)
-        log.info(f"auto: {candidate.name}: val accuracy {candidate.val_accuracy:.4f}, log loss "
-                 f"{candidate.val_log_loss:.4f} ({candidate.seconds:.0f} s)")
+            candidates = (search.replay(plan["candidates"]) if plan is not None
+                          else search.run(self._backbones()))
+        except BaseException:
+            if saved is not None:
+                saved.record()  # the seconds spent so far count against the budget when it continues
+            raise
+        done = [c for c in candidates if c.status == "ok"]
+        oof = self._out_of_fold(done, whole, cfg.seed)
+        decisions = plan["decisions"] if plan is not None else None
+        selection, allowed, rows = self._select(done, oof, len(train), whole, costs, deadline, decisions)
+        members = self._refit(done, selection, whole, val, deadline, costs, cfg, make, decisions)
+        model = self._assemble(done, selection, members, cfg)
+        best = max(done, key=lambda c: (c.val_accuracy, -c.val_log_loss))
+        # Learned state, set only now that everything has succeeded.
+        self.candidates_, self.ensemble_, self.best_estimator_, self.model_ = candidates, selection, best.model, model
+        self.plan_ = {"format": PLAN_FORMAT, "candidates": [c.plan() for c in done],
+                      "decisions": {"allowed": [c.name for c, ok in zip(done, allowed) if ok],
+                                    "refit": {m.name: m.refit for m in members}}}
+        self.fit_info_ = {**model.fit_info_, "auto": self._report(
+            candidates, done, selection, members, rows, oof, cfg, time.perf_counter() - started + spent_before)}
+        return self
 
-    for candidate in candidates:
-        if unit is not None:
-            candidate.estimate = unit * _cost(candidate.options["backbone"])
-        run(candidate)
-        if unit is None and candidate.seconds is not None:
-            unit = candidate.seconds / _cost(candidate.options["backbone"])
-            torch_unit = (candidate.seconds + candidate.torch_extra) / _cost(candidate.options["backbone"])
-            candidate.scoring = ending(candidate)  # the first candidate's, now that its cost is known
-            after[:] = [candidate.scoring]
-    singles = [c for c in candidates if c.status == "ok" and "," not in c.options["backbone"]]
-    if singles and unit is not None:
-        best = max(singles, key=_rank)
-        name = best.options["backbone"]
-        # The whole image squashed to the square against timm's centre crop: far better on wide
-        # objects (cars43 0.83 against 0.69), worse on others below the native size; validation decides,
-        # and bilinear pooling then uses the better of the two.
-        squash = Candidate(f"features {name} squash", {**best.options, "resize": "squash"}, unit * _cost(name))
-        run(squash)
-        candidates.append(squash)
-        look = squash if squash.status == "ok" and _rank(squash) > _rank(best) else best
-        pooling = Candidate(f"{look.name} bilinear pooling", {**look.options, "pooling": "bilinear"},
-                            torch_unit * _cost(name) * BILINEAR_POOLING_OVER_FEATURES)
-        run(pooling)
-        candidates.append(pooling)
-        detail = fine_grained(train.labels)
-        if detail and pooling.status == "ok" and _rank(pooling) > _rank(look):
-            size = HIGHER_RESOLUTION * NATIVE.get(name, 224)
-            sharper = Candidate(f"{pooling.name} {size} px",
-                                {**pooling.options, "image_size": size, "layer": last_block_stage(name)},
-                                torch_unit * _cost(name) * (HIGHER_RESOLUTION ** 2 + BILINEAR_POOLING_OVER_FEATURES - 1))
-            run(sharper)
-            candidates.append(sharper)
-        later = [Candidate(f"finetune {name}", {"strategy": "finetune", "backbone": name},
-                           torch_unit * _cost(name) * FINETUNE_OVER_FEATURES * UNFREEZE_3_OVER_1)]
-        if detail:
-            later.append(Candidate("bilinear", {"strategy": "bilinear"}, torch_unit * FINETUNE_OVER_FEATURES))
-        for candidate in later:
-            left = deadline - time.perf_counter() - max([*after, ending(candidate)])
-            # The budget callback ends its epochs in time for any winner's scoring; the estimate
-            # decides whether it starts.
-            run(candidate, [budget_callback(left / 60)] if budget_callback and left > 0 else [])
-            candidates.append(candidate)
-    done = [c for c in candidates if c.status == "ok"]
-    if not done:
-        reasons = "; ".join(f"{c.name}: {c.status}" for c in candidates)
-        raise TransferlabError(f"--strategy auto: no candidate could be fitted ({reasons}): give a larger --budget "
-                               "or choose a strategy")
-    winner = max(done, key=_rank)
-    runner_up = max((c for c in done if c is not winner), key=_rank, default=None)
-    why = f"highest validation accuracy ({winner.val_accuracy:.4f}"
-    why += (f"; next {runner_up.name} at {runner_up.val_accuracy:.4f})" if runner_up else ")")
-    if runner_up and math.isclose(winner.val_accuracy, runner_up.val_accuracy):
-        why = (f"validation accuracy tied with {runner_up.name} ({winner.val_accuracy:.4f}); lower validation "
-               f"log loss ({winner.val_log_loss:.4f} against {runner_up.val_log_loss:.4f})")
-    return winner.model, candidates, why
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _backbones(self) -> list[str]:
+        """The user's backbone (several, comma-separated, run as one concatenated candidate), else
+        every offline one installed."""
+        return [self.backbone] if self.backbone else [n for n in OFFLINE_ZOO if packaged_installed(n)]
+
+    def _refit_reserve(self, candidates: list[Candidate]) -> float:
+        """Seconds to keep for refitting features candidates on train + val: the dearest one's (the
+        ensemble's other members are refitted when the time left allows it)."""
+        return max((REFIT_OVER_SEARCH * (c.classifier_seconds or 0.0) for c in candidates
+                    if c.status == "ok" and not c.trains()), default=0.0)
+
+    def _out_of_fold(self, done: list[Candidate], whole: ImageSet, seed: int) -> dict[str, tuple]:
+        """Per features candidate with logistic regression: (probabilities, readable mask) of every
+        train + val image from the candidate's classifier (at its C) fitted on the other folds;
+        its features are cached, so this costs a few classifier fits."""
+        found = {}
+        for c in done:
+            info = getattr(c.model, "fit_info_", {})
+            if c.trains() or info.get("classifier") != "logistic regression":
+                continue
+            extracted = c.model._features(whole.images, "features")
+            proba = out_of_fold(extracted.features, whole.labels[extracted.ok], len(whole.classes), info["C"], seed,
+                                FOLDS)
+            if proba is not None:
+                found[c.name] = (proba, extracted.ok)
+        return found
+
+    def _select(self, done: list[Candidate], oof: dict, n_train: int, whole: ImageSet, costs: Costs,
+                deadline: float, decisions: dict | None) -> tuple[Selection, list[bool], dict]:
+        """Ensemble selection over the candidates that see images the way the best one does (crop
+        or squash: the ensemble decodes once). The rows: every train + val image when each such
+        candidate has out-of-fold probabilities, else the val images (a features candidate's
+        out-of-fold ones there). A candidate whose scoring would not fit the time left is kept out."""
+        best = max(done, key=lambda c: (c.val_accuracy, -c.val_log_loss))
+        view = best.options.get("resize", "crop")
+        allowed = [c.options.get("resize", "crop") == view for c in done]
+        if decisions is not None:
+            allowed = [c.name in decisions["allowed"] for c in done]
+        everywhere = all(c.name in oof for c, ok in zip(done, allowed) if ok)
+        n = len(whole)
+        rows = np.arange(n) if everywhere else np.arange(n_train, n)
+        full, readable = [], np.ones(len(rows), bool)
+        for c in done:
+            if c.name in oof:
+                proba, ok = oof[c.name]
+                spread = np.zeros((n, proba.shape[1]))
+                spread[ok] = proba
+                full.append(spread[rows])
+                readable &= ok[rows]
+            else:
+                spread = np.zeros((n - n_train, len(whole.classes)))
+                spread[c.val_ok] = c.val_proba
+                full.append(spread[rows - n_train])
+                readable &= c.val_ok
+        labels = whole.labels[rows][readable]
+        probas = [p[readable] for p in full]
+        selection = select(probas, labels, allowed=allowed)
+        # Members whose scoring does not fit the time left go, dearest first, until it does.
+        while decisions is None and len(selection.members) > 1:
+            scoring = sum(costs.scoring(done[k].options) for k in selection.members)
+            if time.perf_counter() + scoring <= deadline:
+                break
+            dearest = max(selection.members, key=lambda k: costs.scoring(done[k].options))
+            allowed[dearest] = False
+            selection = select(probas, labels, allowed=allowed)
+        source = "out-of-fold over train + val" if everywhere else "the validation images"
+        return selection, allowed, {"images": int(readable.sum()), "from": source,
+                                    "scores": {c.name: scores(p, labels) for c, p in zip(done, probas)}}
+
+    def _refit(self, done: list[Candidate], selection: Selection, whole: ImageSet, val: ImageSet, deadline: float,
+               costs: Costs, cfg: RunConfig, make, decisions: dict | None) -> list[Member]:
+        """Each member refitted on train + val: a features one (from cached features, at the C its
+        validation chose) when the time left allows it, a trained one with --refit-full (for the
+        epochs its first fit ran). The test split is never touched."""
+        members = []
+        ensemble_scoring = sum(costs.scoring(done[k].options) for k in selection.members)
+        for k in selection.members:
+            c = done[k]
+            why = _refit_decision(c, deadline, ensemble_scoring, cfg.refit_full) if decisions is None \
+                else decisions["refit"][c.name]
+            if why == "train+val":
+                begun = time.perf_counter()
+                extra = [EpochLimits(c.epochs)] if c.trains() and c.epochs else []
+                # A trained member keeps val for its (epoch-limited) early stopping; it trains on it too.
+                chosen_c = c.model.fit_info_.get("C")
+                again = {**c.options, "logistic_c": chosen_c} if chosen_c and not c.trains() else c.options
+                c.model = make(again).fit(whole, val=val if c.trains() else None, callbacks=extra)
+                log.info(f"auto: refitted {c.name} on all {len(whole)} training images "
+                         f"({time.perf_counter() - begun:.0f} s)")
+            else:
+                log.info(f"auto: {c.name} kept as fitted on train: {why}")
+            members.append(Member(c.name, selection.weights[k], why))
+        return members
+
+    def _assemble(self, done: list[Candidate], selection: Selection, members: list[Member],
+                  cfg: RunConfig) -> ImageClassifier:
+        """One member: that candidate's classifier. Several: one network averaging their
+        probabilities with the selection's weights, saved and loaded like any run's."""
+        chosen = [done[k].model for k in selection.members]
+        if len(chosen) == 1:
+            return chosen[0]
+        return ensemble_classifier(chosen, [m.weight for m in members], {**self._fit_options(), "budget": cfg.budget},
+                                   [m.name for m in members], cfg.seed)
+
+    def _report(self, candidates, done, selection, members, rows, oof, cfg, seconds) -> dict:
+        scored = rows["scores"]
+        table = []
+        for c in candidates:
+            row = c.row()
+            if c.name in scored:
+                row["choice_accuracy"], row["choice_log_loss"] = (round(v, 4) for v in scored[c.name])
+            table.append(row)
+        names = [f"{m.name} ({m.weight:.2f})" for m in members]
+        why = (f"ensemble selection on {rows['images']} images ({rows['from']}): accuracy "
+               f"{selection.accuracy:.4f}, log loss {selection.log_loss:.4f}")
+        return {"chosen": " + ".join(names), "why": why, "members": [vars(m) for m in members],
+                "choice_images": rows["images"], "choice_from": rows["from"], "budget_minutes": cfg.budget,
+                "seconds": round(seconds, 1), "candidates": table, "refit_full": cfg.refit_full}
+
+    # -- what passes through to model_ -------------------------------------------------------
+
+    def _fit_options(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
+
+    def __getattr__(self, name: str):
+        # The fitted model's learned state (classes_, config_, network_, history_, ...), as
+        # GridSearchCV passes its best estimator's through.
+        if name.endswith("_") and not name.startswith("__") and "model_" in self.__dict__:
+            return getattr(self.__dict__["model_"], name)
+        raise AttributeError(name)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "model_" in self.__dict__
+
+    def _fitted(self) -> ImageClassifier:
+        if "model_" not in self.__dict__:
+            raise TransferlabError("this AutoClassifier is not fitted yet: call fit() first")
+        return self.model_
+
+    def predict_proba(self, X, tta: bool = False) -> np.ndarray:
+        return self._fitted().predict_proba(X, tta)
+
+    def predict(self, X, tta: bool = False) -> np.ndarray:
+        return self._fitted().predict(X, tta)
+
+    def predict_proba_readable(self, images, tta: bool = False):
+        return self._fitted().predict_proba_readable(images, tta)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        return self._fitted().score(X, y, sample_weight)
+
+    def class_names(self) -> list[str]:
+        return self._fitted().class_names()
+
+    def save(self, directory, overwrite: bool = False):
+        return self._fitted().save(directory, overwrite)
+
+    def write_model_files(self, directory) -> None:
+        self._fitted().write_model_files(directory)
 
 
-def refit_fits(candidate: Candidate, deadline: float) -> tuple[bool, str]:
-    """Whether a features winner's refit on all of train (C by cross-validation) fits in the time
-    left after scoring; (False, why) when it does not: the winner is then kept as fitted."""
-    need = REFIT_OVER_SEARCH * (candidate.classifier_seconds or 0.0)
-    left = deadline - time.perf_counter() - candidate.scoring
+def ensemble_classifier(models: list[ImageClassifier], weights: list[float], params: dict, names: list[str],
+                        seed: int = 0) -> ImageClassifier:
+    """One classifier whose network averages the fitted `models`' probabilities with `weights`:
+    built from its spec (as loading the saved run rebuilds it), the members' weights copied in."""
+    spec = ensemble_spec([(m.spec_, m.preprocess_) for m in models], weights, seed)
+    built = build_model(spec, load_weights=False)
+    for network, m in zip(built.network.backbone.networks, models):
+        network.load_state_dict(m.network_.state_dict())
+    return ImageClassifier.assemble(
+        params, built.network.eval(), spec, built.preprocess, WeightsInfo.combined([m.weights_ for m in models]),
+        list(models[0].classes_),
+        fit_info={"ensemble": [{"candidate": n, "weight": round(w, 4)} for n, w in zip(names, weights)]},
+        skipped=sorted({s for m in models for s in m.skipped_}))
+
+
+def _refit_decision(c: Candidate, deadline: float, scoring: float, refit_full: bool) -> str:
+    """"train+val", or why the candidate is kept as fitted on train."""
+    if c.trains():
+        return "train+val" if refit_full else "kept: a trained candidate is refitted with --refit-full"
+    need = REFIT_OVER_SEARCH * (c.classifier_seconds or 0.0)
+    left = deadline - time.perf_counter() - scoring
     if need <= left:
-        return True, ""
-    return False, f"needs about {need:.0f} s, {max(left, 0):.0f} s left"
+        return "train+val"
+    return f"kept: its refit needs about {need:.0f} s, {max(left, 0):.0f} s left"
 
 
-def last_block_stage(backbone: str) -> str | None:
-    """The tap for bilinear pooling at the higher resolution: the Lite zoo's last block stage
-    (320 channels; the stage before it scored lower at 448 px on cars43), else the default."""
-    return "blocks.6" if backbone in OFFLINE_ZOO else None
-
-
-def _cost(backbone: str) -> float:
-    """Estimated cost of a features pass, in Lite0 passes. An ensemble runs every member at the
-    largest member's size; a member already at its own size reuses its single run's features."""
-    names = backbone.split(",")
-    if len(names) == 1:
-        return COST.get(names[0], 1.0)
-    size = max(NATIVE.get(n, 224) for n in names)
-    return sum(COST.get(n, 1.0) * (size / NATIVE.get(n, 224)) ** 2 for n in names if NATIVE.get(n, 224) != size)
-
-
-def _pass_cost(options: dict) -> float:
-    """The cost of a new image through the candidate's network, in Lite0 passes at 224 px: an
-    ensemble runs every member at the largest member's size, `image_size` scales the pixels."""
-    names = (options.get("backbone") or OFFLINE_ZOO[0]).split(",")  # the trained bilinear: the default
-    size = options.get("image_size") or max(NATIVE.get(n, 224) for n in names)
-    return sum(COST.get(n, 1.0) * (size / NATIVE.get(n, 224)) ** 2 for n in names)
-
-
-def _rank(candidate: Candidate) -> tuple[float, float]:
-    return candidate.val_accuracy, -candidate.val_log_loss
+register_meta("auto", AutoClassifier)

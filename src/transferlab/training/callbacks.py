@@ -130,6 +130,32 @@ class Budget(Callback):
         self.last_epoch = time.perf_counter() - self._epoch_started
 
 
+class EpochLimits(Callback):
+    """Ends each named phase after the epochs given for it: a replayed fit stops where the fit it
+    replays stopped (by its budget or early stopping), so no clock decides."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits, self.done = dict(limits), 0
+
+    def on_phase_begin(self, trainer) -> None:
+        self.done = 0
+
+    def on_epoch_begin(self, trainer) -> None:
+        if self.done >= self.limits.get(trainer.phase.name, math.inf):
+            trainer.stop_phase = True
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.done += 1
+
+
+def epochs_per_phase(history: list[dict]) -> dict[str, int]:
+    """How many epochs each phase of a fit ran, from its history rows."""
+    counts: dict[str, int] = {}
+    for row in history:
+        counts[row["phase"]] = counts.get(row["phase"], 0) + 1
+    return counts
+
+
 def seconds_per_image(network: torch.nn.Module, device) -> float:
     """Inference time per image through the whole network (0 when its input size is unknown)."""
     size = getattr(network, "input_size", None)

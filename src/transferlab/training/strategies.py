@@ -39,6 +39,23 @@ RECIPES: dict[str, dict] = {
 }
 
 
+# Strategies that are searches over classifiers rather than one way of fitting one (auto): their
+# estimator registers itself here (selection/auto.py), so that ImageClassifier(strategy="auto")
+# runs it without this layer importing the one above it.
+_META: dict[str, type] = {}
+
+
+def register_meta(strategy: str, estimator: type) -> None:
+    _META[strategy] = estimator
+
+
+def meta_estimator(strategy: str) -> type | None:
+    if strategy in RECIPES and RECIPES[strategy].get("budget") is not None and strategy not in _META:
+        raise TransferlabError(f"--strategy {strategy} is a search over classifiers: import transferlab (not only "
+                               "transferlab.classifier) so its estimator is registered")
+    return _META.get(strategy)
+
+
 def resolve(config: RunConfig) -> RunConfig:
     """The configuration with every None replaced by the strategy's choice."""
     recipe = dict(RECIPES[config.strategy])

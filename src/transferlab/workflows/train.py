@@ -5,6 +5,7 @@ K-fold cross-validation on train first (`cross_validate`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import statistics
@@ -31,12 +32,15 @@ from ..report.curves import plot_curves
 from ..report.html import GalleryItem, write_run_report
 from ..report.tensorboard import TensorBoard
 from ..selection import saved_candidates
+from ..selection.auto import AutoClassifier  # noqa: F401 - registers auto's estimator
 from ..training import distributed
 from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
 from ..training.fit import resolve_device
-from ..training.strategies import resolve
+from ..training.strategies import meta_estimator, resolve
 
 log = logging.getLogger("transferlab")
+
+PLAN = "plan.json"  # an auto run's plan: what `train --replay` fits again
 
 
 @dataclass
@@ -52,16 +56,23 @@ class Run:
 
 def train(data: str | None = None, config: RunConfig | None = None, progress: bool = True,
           resume: str | Path | None = None, callbacks: Sequence[Callback] = (), started: float | None = None,
-          **options) -> Run:
+          replay: str | Path | None = None, **options) -> Run:
     """Train one run and write its directory; `options` are RunConfig keys (same names as the CLI).
 
     `resume` continues an interrupted run from its last complete epoch (an auto run from its
     finished candidates), with its own config. `callbacks` join the run's own
     (training/callbacks.py) and see every epoch. `started` (time.perf_counter()) is when the
     budget and the reported seconds start counting: the command's start; by default, now.
+
+    `replay` (a finished auto run) fits that run's plan again on its data, with its options, into
+    a new run: the same candidates, epochs and decisions, no budget deciding anything.
     """
     started = time.perf_counter() if started is None else started
-    config = _run_config(data, config, resume, options)
+    plan = None
+    if replay is not None:
+        config, plan = _replayed(replay, data, config, options)
+    else:
+        config = _run_config(data, config, resume, options)
     # Under torchrun: join the process group; every rank trains, rank 0 alone writes.
     world = distributed.init(resolve_device(config.device))
     if world.size > 1 and config.strategy == "features" and not world.main:
@@ -85,7 +96,8 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
             # cost more than they save. An auto run keeps its finished candidates in the run
             # directory the checkpoint names (selection/saved_candidates.py).
             checkpoint = Checkpoint(path)
-        clf = ImageClassifier(**config.model_options(), progress=progress)
+        meta = meta_estimator(config.strategy)
+        clf = (meta or ImageClassifier)(**config.model_options(), progress=progress)
         try:
             found = None
             if config.lr == "find":  # the swept rate is the run's: in config.yaml before training starts
@@ -94,8 +106,11 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
             cv = cross_validate(clf, splits.train, folds) if folds else None
             # --budget bounds the final fit as it would without --folds: the folds' time is not its.
             fit_started = started + (cv["seconds"] if cv else 0.0)
-            clf.fit(splits.train, val=splits.val,
-                    callbacks=[*_run_callbacks(config, path, checkpoint, splits, fit_started), *callbacks])
+            run_callbacks = [*_run_callbacks(config, path, checkpoint, splits, fit_started), *callbacks]
+            if plan is not None:
+                clf.fit(splits.train, val=splits.val, callbacks=run_callbacks, plan=plan)
+            else:
+                clf.fit(splits.train, val=splits.val, callbacks=run_callbacks)
             if found is not None:
                 clf.fit_info_["lr_find"] = found
             if not world.main:
@@ -134,9 +149,29 @@ def _run_callbacks(config: RunConfig, path: Path | None, checkpoint: Checkpoint 
     if config.tensorboard and path is not None:
         callbacks.append(TensorBoard(path))
     if config.budget is not None:
-        scored = sum(len(part) for name, part in splits.items() if name != "train")
+        unscored = ("train", "val") if meta_estimator(config.strategy) else ("train",)  # score_splits'
+        scored = sum(len(part) for name, part in splits.items() if name not in unscored)
         callbacks.append(Budget(config.budget, started, reserve_images=scored))
     return callbacks
+
+
+def _replayed(run, data, config, options: dict) -> tuple[RunConfig, dict]:
+    """The config and the plan of a finished auto run, for a new run that refits that plan."""
+    path = Path(run)
+    if data is not None or config is not None or set(options) - {"out", "name"}:
+        raise TransferlabError("--replay refits a run's plan with its own config.yaml: give no other options "
+                               "than --out and --name")
+    plan_file = path / PLAN
+    if not plan_file.is_file():
+        raise TransferlabError(f"'{path}' has no {PLAN}: --replay takes a finished run of --strategy auto")
+    try:
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        if plan.get("format") != 1 or not plan["candidates"]:
+            raise ValueError("not a plan this version reads")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise TransferlabError(f"'{plan_file}' is damaged ({type(err).__name__}): replay another run") from None
+    values = {**RunConfig.from_yaml(path / "config.yaml").to_dict(), "name": None, **options}
+    return resolve(RunConfig.from_dict(values)), plan
 
 
 def _run_config(data, config: RunConfig | None, resume, options: dict) -> RunConfig:
@@ -225,6 +260,8 @@ def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: 
     if cv is not None:
         metrics["folds"] = cv
     clf.write_model_files(path)
+    if hasattr(clf, "plan_"):
+        write_json(path / PLAN, clf.plan_)
     write_history(path / "history.csv", clf.history_)
     if clf.history_:
         plot_curves(clf.history_, path / "curves.png")
@@ -297,9 +334,13 @@ def score_splits(clf: ImageClassifier, splits: Splits, tta: bool = False) -> tup
     skipped = list(clf.skipped_)
     names = clf.class_names()
     held_out = ([], np.zeros(0, int), np.zeros((0, len(names))))
+    # An auto model chose (and may have refitted) on val: its score there would flatter it.
+    chose_on_val = "auto" in clf.fit_info_
     for name, part in splits.items():
-        if name == "train" and clf.config_.strategy != "features":
+        if (name == "train" and clf.config_.strategy != "features") or (name == "val" and chose_on_val):
             metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
+            if name == "val" and chose_on_val:
+                metrics["splits"][name]["not_scored"] = "auto chose on it (and refitted on it where it could)"
             continue
         proba, ok, failures = clf.predict_proba_readable(part.images, tta and name != "train")
         if name == "test":
