@@ -112,3 +112,33 @@ def test_a_list_of_images_needs_its_labels(ant_bee_paths):
 
 def test_the_estimator_is_what_transferlab_exports():
     assert transferlab.ImageClassifier is ImageClassifier
+
+
+class _Fails(transferlab.Callback):
+    def on_epoch_begin(self, trainer):
+        raise RuntimeError("out of memory, say")
+
+
+def test_a_fit_that_raises_leaves_the_classifier_as_it_was(ant_bee_paths):
+    """Learned state is set only when a fit succeeds: no half-trained network that predict takes."""
+    paths, labels = ant_bee_paths
+    clf = ImageClassifier(strategy="frozen", image_size=32, epochs=1, progress=False)
+    with pytest.raises(RuntimeError):
+        clf.fit(paths, labels, callbacks=[_Fails()])
+    assert not hasattr(clf, "network_") and not hasattr(clf, "classes_")
+    with pytest.raises(TransferlabError, match="not fitted yet"):
+        clf.predict(paths[:1])
+    clf.fit(paths, labels)
+    before = clf.predict_proba(paths[:2])
+    with pytest.raises(RuntimeError):
+        clf.fit(paths, labels, callbacks=[_Fails()])
+    assert (clf.predict_proba(paths[:2]) == before).all()  # still the earlier fit
+
+
+def test_the_options_are_checked_once_per_fit(ant_bee_paths, monkeypatch):
+    calls = []
+    original = RunConfig.validate
+    monkeypatch.setattr(RunConfig, "validate", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    paths, labels = ant_bee_paths
+    ImageClassifier(strategy="features", image_size=32, progress=False).fit(paths, labels)
+    assert len(calls) == 1

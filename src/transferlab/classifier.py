@@ -41,6 +41,7 @@ from .training.distributed import World
 from .training.engine import Phase, Trainer
 from .training.fit import check_sizes, fit_network, resolve_device, tool_callbacks, train_settings
 from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest, sweep_phase
+from .strategy_registry import strategy
 from .training.strategies import RECIPES, meta_estimator, phases, resolve
 
 log = logging.getLogger("transferlab")
@@ -74,9 +75,24 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         """
         meta = meta_estimator(self.strategy)
         if meta is not None:  # auto: a search over classifiers, held as `search_`; its model predicts
-            self.search_ = meta(**self._fit_options(), progress=self.progress).fit(X, y, val=val,
-                                                                                 callbacks=callbacks)
+            search = meta(**self._fit_options(), progress=self.progress).fit(X, y, val=val, callbacks=callbacks)
+            self._learned({"search_": search})
             return self
+        # Fitted on a fresh copy, whose learned state becomes this one's only once the fit has
+        # succeeded: a fit that raises leaves this classifier as it was.
+        work = ImageClassifier(**self._fit_options(), progress=self.progress)
+        work.__dict__["_stores"] = self.__dict__.setdefault("_stores", {})
+        work._fit(X, y, val, callbacks)
+        self._learned({k: v for k, v in vars(work).items() if k.endswith("_")})
+        return self
+
+    def _learned(self, state: dict) -> None:
+        """Replace the learned state (every attribute ending in `_`) with `state`."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.endswith("__")]:
+            del self.__dict__[name]
+        self.__dict__.update(state)
+
+    def _fit(self, X, y, val, callbacks) -> None:
         started = time.perf_counter()
         cfg = resolve(RunConfig.from_dict(self._fit_options(), origin="ImageClassifier"))
         train, self.classes_ = training_set(X, y)
@@ -94,14 +110,13 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             found = self._sweep(cfg, train, LRSweep())
             cfg = self.config_ = replace(cfg, lr=found.suggestion)
             log.info(f"lr find: {found.suggestion:.3g} (the sweep's {SUGGESTION})")
-        if cfg.strategy == "features":
+        if strategy(cfg.strategy).cached_features:
             self._fit_features(cfg, train, val, callbacks)
         else:
             self._fit_network(cfg, train, val, callbacks, started)
         if found is not None:
             self.fit_info_["lr_find"] = found.to_dict()
         self.network_.eval()
-        return self
 
     def lr_find(self, X, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200
                 ) -> LRFindResult:
@@ -128,7 +143,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             probe.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
             built = build_model(probe.spec_)
             probe.network_, probe.preprocess_, probe.weights_ = built.network, built.preprocess, built.weights
-        if cfg.strategy == "features":
+        if strategy(cfg.strategy).cached_features:
             probe._fit_features(probe.config_, train, None, [], sweep=sweep)
         else:
             probe._fit_network(probe.config_, train, None, [], time.perf_counter(), sweep=sweep)
@@ -252,7 +267,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         nothing = np.zeros((0, len(self.classes_)), np.float32)
         if not len(images):
             return nothing, np.zeros(0, bool), []
-        if cfg.strategy == "features" and cfg.feature_cache and not tta:
+        if strategy(cfg.strategy).cached_features and cfg.feature_cache and not tta:
             # The backbone is the untouched pretrained one: its cached features are valid.
             ex = self._features(images, "features")
             if not ex.ok.any():

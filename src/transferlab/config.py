@@ -18,11 +18,12 @@ from .common.run_files import yaml_error
 from .errors import TransferlabError
 from .models.heads import HEAD_HELP, parse_branch_dropout, parse_head
 from .models.registry import DEFAULT_BACKBONE, WEIGHT_SOURCES
+from .strategy_registry import NAMES, strategy
 
 # Keys a comparison decides itself: every run of it lands in its own folder with its own seed.
 COMPARE_OWNED = ("data", "seed", "out", "name")
 # Options with a fixed set of values; validate() checks them before any data or weights load.
-STRATEGIES = ("features", "frozen", "finetune", "reinit", "bilinear", "scratch", "auto")
+STRATEGIES = NAMES
 OPTIMIZERS = ("adamw", "sgd", "adam", "rmsprop")
 SCHEDULES = ("cosine", "constant", "step", "onecycle")
 AUGMENT_PRESETS = ("none", "standard", "classic", "randaugment")
@@ -207,13 +208,14 @@ class RunConfig(FitOptions):
             bad("lr", "must be a positive number, or find (an LR sweep first)")
         if not 0 < self.lr_decay <= 1:
             bad("lr_decay", "is outside (0, 1]: 1 is off, 0.7 a typical layer-wise decay")
-        if (self.lr_decay != 1 or self.unfreeze_schedule) and self.strategy not in ("finetune", "bilinear"):
+        kind = strategy(self.strategy)
+        if (self.lr_decay != 1 or self.unfreeze_schedule) and not kind.unfreezes_stages:
             bad("lr_decay" if self.lr_decay != 1 else "unfreeze_schedule",
                 "is for --strategy finetune or bilinear, which unfreeze backbone stages")
         self.unfreeze_steps()
         if not 0 <= self.ema < 1:
             bad("ema", "is outside [0, 1): 0 is off, 0.999 a typical decay")
-        if self.sizes and self.strategy in ("features", "auto"):
+        if self.sizes and not kind.pixels:
             bad("sizes", "is for strategies that train on pixels (frozen, finetune, reinit, bilinear, scratch)")
         self.size_list()
         if self.accumulate < 1:
@@ -238,11 +240,11 @@ class RunConfig(FitOptions):
         if self.feature_views not in (1, 2):
             bad("feature_views", "must be 1 (the image) or 2 (the image and its mirror)")
         several = self.backbone is not None and "," in str(self.backbone)
-        if (several or self.feature_views > 1) and self.strategy != "features":
+        if (several or self.feature_views > 1) and not kind.cached_features:
             what = "several backbones" if several else "--feature-views 2"
             bad("backbone" if several else "feature_views",
                 f"gives {what}, which only --strategy features combines: drop it or use --strategy features")
-        if self.pooling != "avg" and self.strategy not in ("features", "auto"):
+        if self.pooling != "avg" and not kind.pools:
             bad("pooling", "is for --strategy features (cached features); --strategy bilinear trains a bilinear "
                            "network")
         if self.pooling != "avg" and self.layer is not None and "," in self.layer:
@@ -286,15 +288,16 @@ class RunConfig(FitOptions):
         gives a run (train, compare's configs), not inside the estimator: auto's candidates inherit
         the user's options and each uses what applies to it (--ema trains auto's finetune
         candidates, not its features ones)."""
-        if self.ema and self.strategy == "features" and parse_head(self.head or "linear")[0] == "linear":
+        kind = strategy(self.strategy)
+        if self.ema and kind.cached_features and parse_head(self.head or "linear")[0] == "linear":
             raise TransferlabError(
                 f"--ema {self.ema} averages weights trained by gradient, but --strategy features fits its linear "
                 "head by logistic regression (no epochs to average): drop --ema, or give --head mlp:512 (a head "
                 "trained by gradient, which --ema then averages)")
-        if self.logistic_c is not None and self.strategy not in ("features", "auto"):
+        if self.logistic_c is not None and not (kind.cached_features or kind.searches):
             raise TransferlabError(f"--logistic-c sets the features strategy's logistic regression, but --strategy "
                                    f"{self.strategy} trains its head by gradient: drop --logistic-c")
-        if self.refit_full and self.strategy != "auto":
+        if self.refit_full and not kind.searches:
             raise TransferlabError(f"--refit-full refits auto's chosen candidates on train + val, but --strategy "
                                    f"{self.strategy} chooses nothing: drop --refit-full, or use --strategy auto")
         return self

@@ -22,6 +22,7 @@ from .preprocess import Preprocess
 from .stages import last_stages, stage_groups
 from .tapped import default_feature_layer, tap
 from .weights import WeightsInfo
+from ..strategy_registry import strategy
 
 log = logging.getLogger("transferlab")
 
@@ -95,9 +96,10 @@ def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
         backbone, pre, info = create_backbone(spec.backbone, weights, spec.image_size, spec.seed)
         backbone = _pooled(spec, backbone)
     pre = replace(pre, resize=spec.resize)
-    if spec.strategy == "reinit" and load_weights:
+    kind = strategy(spec.strategy)
+    if kind.reinitialises and load_weights:
         reinit_last_stages(backbone, spec.backbone, spec.reinit, spec.seed)
-    if spec.strategy == "bilinear":
+    if kind.bilinear_network:
         return BuiltModel(_bilinear_network(spec, backbone, pre, load_weights), pre, info)
     torch.manual_seed(spec.seed)
     head = (build_head(spec.head, feature_dim(backbone), spec.num_classes, spec.dropout)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..models.compute import native_size
+from ..strategy_registry import strategy
 
 # Bilinear pooling of a frozen tap: the same pass, then logistic regression on ~18k features
 # instead of 1,280 (cars43: about 2.5x the features run with a validation split).
@@ -105,7 +106,7 @@ PORTFOLIO: tuple[Entry, ...] = (
 
 def candidate_name(entry: Entry, base: Finished, options: dict) -> str:
     suffix = entry.suffix.format(size=options.get("image_size"))
-    if options["strategy"] != "features":  # a trained candidate: strategy, backbone, view
+    if strategy(options["strategy"]).pixels:  # a trained candidate: strategy, backbone, view
         view = " squash" if options.get("resize") == "squash" else ""
         return f"{options['strategy']} {_short(options['backbone'])}{view}"
     return f"{base.name} {suffix}"

@@ -19,6 +19,7 @@ from ..errors import TransferlabError
 from ..models.compute import gflops, native_size
 from ..runtime.frozen import EXPORT_IN_FORWARDS, EXPORT_PAYS_BACK
 from ..training.callbacks import EpochLimits, epochs_per_phase
+from ..strategy_registry import strategy
 from .portfolio import PORTFOLIO, Entry, Finished, candidate_name, features_name
 from .saved_candidates import SavedCandidates
 
@@ -50,7 +51,7 @@ class Candidate:
 
     def trains(self) -> bool:
         """Whether it trains by gradient (and so keeps a checkpoint while it does)."""
-        return self.options["strategy"] != "features"
+        return strategy(self.options["strategy"]).pixels
 
     def finished(self) -> Finished:
         return Finished(self.name, self.entry, self.options, self.val_accuracy, self.val_log_loss)
@@ -113,9 +114,10 @@ class Costs:
     def pace(self, options: dict, images: int) -> float:
         """A features network and a trained one whose export the images pay back run in the
         frozen runtime (the export added); bilinear pooling (its graph is refused) in PyTorch."""
-        if options.get("pooling") == "bilinear" or options["strategy"] == "bilinear":
+        kind = strategy(options["strategy"])
+        if options.get("pooling") == "bilinear" or kind.bilinear_network:
             return self.torch_unit
-        if options["strategy"] == "features" or self.unit == self.torch_unit:
+        if kind.cached_features or self.unit == self.torch_unit:
             return self.unit
         if images < EXPORT_PAYS_BACK:
             return self.torch_unit

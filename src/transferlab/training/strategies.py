@@ -1,4 +1,5 @@
-"""Each strategy as data: its default recipe, and the list of phases the engine runs."""
+"""A strategy's options resolved from its recipe, and the phases the engine runs for it: the
+phase plans the registry (strategy_registry.py) names, built for a network."""
 
 from __future__ import annotations
 
@@ -12,31 +13,11 @@ from ..models.heads import parse_head
 from ..models.backbones import registered, scratch_backbones, trains_from_scratch
 from ..models.registry import DEFAULT_BACKBONE
 from ..models.stages import last_stages
+from ..strategy_registry import REGISTRY, strategy
 from .engine import Phase
 
-# What a strategy uses for every option left at None. The recipes are the usual best practice
-# for small data: a warm head before unfreezing, a small backbone rate, cosine decay.
-RECIPES: dict[str, dict] = {
-    "features": dict(head="linear", dropout=0.5, epochs=100, patience=10, lr=1e-3, optimizer="adamw",
-                     augment="none", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
-    "frozen": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
-                   augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
-    # finetune unfreezes the last 3 stages: against 1, +3.0 points on cars43 and +5.0 on
-    # cifar10-small (benchmarks/training_tools.py) for about 2.2x the time.
-    "finetune": dict(head="linear", dropout=0.2, epochs=30, head_epochs=5, patience=5, lr=1e-3,
-                     optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0,
-                     unfreeze=3),
-    "reinit": dict(head="linear", dropout=0.2, epochs=15, patience=5, lr=1e-3, optimizer="adamw",
-                   augment="standard", featurewise_norm=False, head_epochs=0, warmup_epochs=0.0),
-    "bilinear": dict(head="linear", dropout=0.5, epochs=10, head_epochs=5, patience=5, lr=1e-3,
-                     optimizer="adamw", augment="standard", featurewise_norm=False, warmup_epochs=1.0,
-                     unfreeze=1),
-    # auto: every candidate resolves its own recipe; the budget bounds them all.
-    "auto": dict(budget=20.0),
-    "scratch": dict(backbone="basenet", image_size=32, dropout=0.5, epochs=30, patience=10, lr=0.02,
-                    optimizer="sgd", augment="classic", featurewise_norm=True, head_epochs=0,
-                    warmup_epochs=0.0),
-}
+# What a strategy uses for every option left at None (the registry's recipes).
+RECIPES: dict[str, dict] = {name: kind.recipe for name, kind in REGISTRY.items()}
 
 
 # Strategies that are searches over classifiers rather than one way of fitting one (auto): their
@@ -49,25 +30,26 @@ def register_meta(strategy: str, estimator: type) -> None:
     _META[strategy] = estimator
 
 
-def meta_estimator(strategy: str) -> type | None:
-    if strategy in RECIPES and RECIPES[strategy].get("budget") is not None and strategy not in _META:
-        raise TransferlabError(f"--strategy {strategy} is a search over classifiers: import transferlab (not only "
+def meta_estimator(name: str) -> type | None:
+    if strategy(name).searches and name not in _META:
+        raise TransferlabError(f"--strategy {name} is a search over classifiers: import transferlab (not only "
                                "transferlab.classifier) so its estimator is registered")
-    return _META.get(strategy)
+    return _META.get(name)
 
 
 def resolve(config: RunConfig) -> RunConfig:
     """The configuration with every None replaced by the strategy's choice."""
-    recipe = dict(RECIPES[config.strategy])
+    kind = strategy(config.strategy)
+    recipe = dict(kind.recipe)
     recipe.setdefault("backbone", DEFAULT_BACKBONE)
     backbone = config.backbone or recipe["backbone"]
-    if config.strategy == "scratch" and not trains_from_scratch(backbone):
+    if kind.phases == "everything" and not trains_from_scratch(backbone):
         raise TransferlabError(f"--strategy scratch trains a small network from random weights: use "
                                f"--backbone {' or '.join(scratch_backbones())} (got '{backbone}')")
-    if config.strategy != "scratch" and trains_from_scratch(backbone):
+    if kind.phases != "everything" and trains_from_scratch(backbone):
         raise TransferlabError(f"--backbone {backbone} has no pretrained weights: use it with "
                                "--strategy scratch")
-    if config.backbone2 and config.strategy != "bilinear":
+    if config.backbone2 and not kind.bilinear_network:
         raise TransferlabError("--backbone2 is for --strategy bilinear (an asymmetric bilinear head)")
     if trains_from_scratch(config.backbone2):
         raise TransferlabError(f"--backbone2 {config.backbone2} has no pretrained weights: use a timm backbone")
@@ -77,18 +59,19 @@ def resolve(config: RunConfig) -> RunConfig:
     for key, value in config.to_dict().items():
         values[key] = recipe.get(key) if value is None and key in recipe else value
     # auto picks its backbones itself unless the user named one
-    values["backbone"] = config.backbone if config.strategy == "auto" else backbone
-    if values["lr"] == "find" and config.strategy == "auto":
+    values["backbone"] = config.backbone if kind.searches else backbone
+    if values["lr"] == "find" and kind.searches:
         raise TransferlabError("--lr find sweeps one strategy's rate, but auto chooses among several: give "
                                "--strategy finetune (or frozen, reinit, bilinear, scratch)")
-    if values["lr"] == "find" and config.strategy == "features" and parse_head(values["head"])[0] == "linear":
+    if values["lr"] == "find" and kind.cached_features and parse_head(values["head"])[0] == "linear":
         raise TransferlabError("--lr find: --strategy features fits its linear head by logistic regression, "
                                "which has no learning rate; use --head mlp, or another strategy")
     if values["weight_decay"] is None:
         values["weight_decay"] = 0.01 if values["optimizer"] in ("adamw", "adam") else 5e-4
     if values["optimizer"] == "adam" and config.weight_decay is None:
         values["weight_decay"] = 0.0  # Adam's decay is an L2 penalty that fights its scaling
-    return replace(config, **values).validate()
+    # Each value is the user's (checked when the configuration was made) or the recipe's.
+    return replace(config, **values)
 
 
 def _names_under(network: nn.Module, prefix: str) -> list[str]:
@@ -119,45 +102,60 @@ def stage_rates(stages, count: int | str, top_lr: float, decay: float) -> list[t
 
 
 def phases(config: RunConfig, network: nn.Module) -> list[Phase]:
-    """The phases of a strategy for a network built for it (config already resolved)."""
-    head = _names_under(network, "head.")
+    """The phases of a strategy for a network built for it (config already resolved): the plan
+    the registry names for it."""
     lr = config.lr
     if not isinstance(lr, (int, float)):
         raise TypeError(f"phases need a learning rate, got {lr!r}: resolve --lr find first")
-    s = config.strategy
-    if s == "frozen":
-        return [Phase("head", config.epochs, [(head, lr)])]
-    if s in ("finetune", "bilinear"):
-        # Phase 1 trains the head on the frozen backbone; then the last stages train too, at the
-        # backbone's reduced rate (decayed further per stage with --lr-decay), in one phase or,
-        # with --unfreeze-schedule, in phases that unfreeze more stages each. A bilinear network
-        # unfreezes the stages below each tap.
-        schedule = config.unfreeze_steps()
-        # An entry beyond the stages is named as the option the user gave it in.
-        option = f"--unfreeze-schedule '{config.unfreeze_schedule}', entry" if schedule else "--unfreeze"
+    plan = strategy(config.strategy).phases
+    if plan is None:
+        raise ValueError(f"strategy {config.strategy} has no phases")  # features fits without the engine
+    return PLANS[plan](config, network, _names_under(network, "head."), lr)
 
-        def named(count):
-            found = (network.backbone.last_stages(count, option) if s == "bilinear"
-                     else last_stages(network.backbone, count, option))
-            return ["backbone." + n for n in found]
 
-        steps = schedule or (config.unfreeze,)
-        result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
-        epochs = config.epochs if len(steps) == 1 else max(1, -(-config.epochs // len(steps)))
-        for step in steps:
-            groups = stage_rates(named, step, lr * config.backbone_lr_mult, config.lr_decay)
-            unfrozen = [n for names, _ in groups for n in names]
-            bn = _batchnorms(network, unfrozen) if config.bn_update else ()
-            result.append(Phase("finetune" if len(steps) == 1 else f"unfreeze-{step}", epochs,
-                                [(head, lr), *groups], bn, config.warmup_epochs))
-        return result
-    if s == "reinit":
-        fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit, "--reinit")]
-        # Fresh BatchNorm layers have no statistics worth keeping: they must learn them.
-        return [Phase("reinit", config.epochs, [(head, lr), (fresh, lr)], _batchnorms(network, fresh),
-                      config.warmup_epochs)]
-    if s == "scratch":
-        everything = [n for n, _ in network.named_parameters()]
-        return [Phase("scratch", config.epochs, [(everything, lr)], _batchnorms(network, everything),
-                      config.warmup_epochs)]
-    raise ValueError(f"strategy {s} has no phases")  # features fits without the engine's phases
+def _head_only(config: RunConfig, network: nn.Module, head: list[str], lr: float) -> list[Phase]:
+    return [Phase("head", config.epochs, [(head, lr)])]
+
+
+def _head_then_stages(config: RunConfig, network: nn.Module, head: list[str], lr: float) -> list[Phase]:
+    """Phase 1 trains the head on the frozen backbone; then the last stages train too, at the
+    backbone's reduced rate (decayed further per stage with --lr-decay), in one phase or, with
+    --unfreeze-schedule, in phases that unfreeze more stages each. A bilinear network unfreezes
+    the stages below each tap."""
+    schedule = config.unfreeze_steps()
+    # An entry beyond the stages is named as the option the user gave it in.
+    option = f"--unfreeze-schedule '{config.unfreeze_schedule}', entry" if schedule else "--unfreeze"
+    tapped = strategy(config.strategy).bilinear_network
+
+    def named(count):
+        found = (network.backbone.last_stages(count, option) if tapped
+                 else last_stages(network.backbone, count, option))
+        return ["backbone." + n for n in found]
+
+    steps = schedule or (config.unfreeze,)
+    result = [Phase("head", config.head_epochs, [(head, lr)])] if config.head_epochs else []
+    epochs = config.epochs if len(steps) == 1 else max(1, -(-config.epochs // len(steps)))
+    for step in steps:
+        groups = stage_rates(named, step, lr * config.backbone_lr_mult, config.lr_decay)
+        unfrozen = [n for names, _ in groups for n in names]
+        bn = _batchnorms(network, unfrozen) if config.bn_update else ()
+        result.append(Phase("finetune" if len(steps) == 1 else f"unfreeze-{step}", epochs,
+                            [(head, lr), *groups], bn, config.warmup_epochs))
+    return result
+
+
+def _fresh_stages(config: RunConfig, network: nn.Module, head: list[str], lr: float) -> list[Phase]:
+    fresh = ["backbone." + n for n in last_stages(network.backbone, config.reinit, "--reinit")]
+    # Fresh BatchNorm layers have no statistics worth keeping: they must learn them.
+    return [Phase("reinit", config.epochs, [(head, lr), (fresh, lr)], _batchnorms(network, fresh),
+                  config.warmup_epochs)]
+
+
+def _everything(config: RunConfig, network: nn.Module, head: list[str], lr: float) -> list[Phase]:
+    everything = [n for n, _ in network.named_parameters()]
+    return [Phase("scratch", config.epochs, [(everything, lr)], _batchnorms(network, everything),
+                  config.warmup_epochs)]
+
+
+PLANS = {"head_only": _head_only, "head_then_stages": _head_then_stages, "fresh_stages": _fresh_stages,
+         "everything": _everything}

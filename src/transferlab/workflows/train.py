@@ -36,6 +36,7 @@ from ..selection.auto import AutoClassifier  # noqa: F401 - registers auto's est
 from ..training import distributed
 from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
 from ..training.fit import resolve_device
+from ..strategy_registry import strategy
 from ..training.strategies import meta_estimator, resolve
 
 log = logging.getLogger("transferlab")
@@ -75,7 +76,8 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         config = _run_config(data, config, resume, options)
     # Under torchrun: join the process group; every rank trains, rank 0 alone writes.
     world = distributed.init(resolve_device(config.device))
-    if world.size > 1 and config.strategy == "features" and not world.main:
+    kind = strategy(config.strategy)
+    if world.size > 1 and kind.cached_features and not world.main:
         return Run(None, {}, None)  # nothing trains by gradient: rank 0 does it alone
     with contextlib.ExitStack() as held:
         if resume is not None and world.main:
@@ -83,7 +85,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         elif world.main:
             check_writable(config.out, create=False, option="--out")  # before the data loads
         checkpoint = Checkpoint(resume, save=world.main) if resume is not None else None  # read now: fails early
-        if checkpoint is not None and config.strategy != "auto":  # auto says which candidates it keeps
+        if checkpoint is not None and not kind.searches:  # auto says which candidates it keeps
             done = checkpoint.epochs_done
             log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
         source, splits, audit_info = _splits(config)
@@ -91,7 +93,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
         if resume is None and path is not None:
             held.enter_context(RunLock(path))
-        if checkpoint is None and path is not None and config.strategy != "features":
+        if checkpoint is None and path is not None and not kind.cached_features:
             # A features run refits its head from cached features in seconds: checkpoints would
             # cost more than they save. An auto run keeps its finished candidates in the run
             # directory the checkpoint names (selection/saved_candidates.py).
@@ -211,11 +213,12 @@ def run_splits(config: RunConfig, source: Source) -> Splits:
     the run on (no test and no val), before anything is written or decoded."""
     # auto holds back its own validation images from train to choose, then refits a features
     # winner on all of train: carving val here as well would keep those images from the winner.
-    val_fraction = 0.0 if config.strategy == "auto" else config.val_fraction
+    searches = strategy(config.strategy).searches
+    val_fraction = 0.0 if searches else config.val_fraction
     splits = split_source(source, val_fraction, config.test_fraction, config.seed)
     if splits.test is None and splits.val is None:
         fix = "give --test-fraction 0.15, or data with its own test/ (or val/) split (folders, or a CSV split column)"
-        if config.strategy == "auto":
+        if searches:
             raise TransferlabError(f"--test-fraction {config.test_fraction:g} leaves nothing to score the run on: "
                                    f"'{source.root}' has no test or val split and auto holds its validation "
                                    f"images back from train itself (--val-fraction does not apply); {fix}")
@@ -335,9 +338,10 @@ def score_splits(clf: ImageClassifier, splits: Splits, tta: bool = False) -> tup
     names = clf.class_names()
     held_out = ([], np.zeros(0, int), np.zeros((0, len(names))))
     # An auto model chose (and may have refitted) on val: its score there would flatter it.
-    chose_on_val = "auto" in clf.fit_info_
+    chose_on_val = hasattr(clf, "plan_")
+    cached = strategy(clf.config_.strategy).cached_features
     for name, part in splits.items():
-        if (name == "train" and clf.config_.strategy != "features") or (name == "val" and chose_on_val):
+        if (name == "train" and not cached) or (name == "val" and chose_on_val):
             metrics["splits"][name] = {"images": len(part), "from": splits.origins.get(name, "")}
             if name == "val" and chose_on_val:
                 metrics["splits"][name]["not_scored"] = "auto chose on it (and refitted on it where it could)"
