@@ -27,20 +27,17 @@ from .data.sources import check_classes, load_source
 from .data.split import stratified_cut
 from .data.types import ImageRef, ImageSet
 from .errors import TransferlabError
-from .features.extract import Extracted, device_decoding, extractor_key, frozen_features
+from .features.extract import Extracted
+from .features.network_features import network_features
 from .features.logistic import fit_logistic
 from .inference.probabilities import predict_pixels
 from .models import saved
-from .models.ensemble import FeatureEnsemble
 from .models.factory import ModelSpec, build_model
-from .models.network import Network
 from .models.heads import parse_head
-from .training.batches import TensorBatches
 from .training.callbacks import Budget, Callback
-from .training.distributed import World
-from .training.engine import Phase, Trainer
-from .training.fit import check_sizes, fit_network, resolve_device, tool_callbacks, train_settings
-from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest, sweep_phase
+from .training.features_head import fit_head
+from .training.fit import check_sizes, fit_network, resolve_device
+from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest
 from .strategy_registry import strategy
 from .training.strategies import RECIPES, meta_estimator, phases, resolve
 
@@ -92,9 +89,14 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             del self.__dict__[name]
         self.__dict__.update(state)
 
-    def _fit(self, X, y, val, callbacks) -> None:
+    def _fit(self, X, y, val, callbacks, cfg: RunConfig | None = None, start: "ImageClassifier | None" = None
+             ) -> None:
+        """The fit, on this (fresh) object. `cfg`: the options already resolved and checked;
+        `start`: a fitted classifier whose network (copied) training starts from. An LRSweep among
+        the callbacks makes it the learning-rate sweep: the first phase that trains, swept, no
+        validation (training/lr_find.py)."""
         started = time.perf_counter()
-        cfg = resolve(RunConfig.from_dict(self._fit_options(), origin="ImageClassifier"))
+        cfg = cfg or resolve(RunConfig.from_dict(self._fit_options(), origin="ImageClassifier"))
         train, self.classes_ = training_set(X, y)
         if val is not None:
             val = align_classes(labelled_set(val, None, "val")[0], train.classes, "val")
@@ -102,9 +104,13 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         if cfg.budget is not None and not any(isinstance(c, Budget) for c in callbacks):
             callbacks.append(Budget(cfg.budget, started))
         self.config_ = cfg
-        self.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
-        built = build_model(self.spec_)
-        self.network_, self.preprocess_, self.weights_ = built.network, built.preprocess, built.weights
+        if start is not None:
+            self.spec_, self.preprocess_, self.weights_ = start.spec_, start.preprocess_, start.weights_
+            self.network_ = copy.deepcopy(start.network_)
+        else:
+            self.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
+            built = build_model(self.spec_)
+            self.network_, self.preprocess_, self.weights_ = built.network, built.preprocess, built.weights
         found = None
         if cfg.lr == "find":
             found = self._sweep(cfg, train, LRSweep())
@@ -133,20 +139,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return self._sweep(cfg, train, LRSweep(start_lr, end_lr, steps))
 
     def _sweep(self, cfg: RunConfig, train: ImageSet, sweep: LRSweep) -> LRFindResult:
-        """The sweep on a copy of this classifier's network (built now when it has none)."""
+        """The sweep: a fit of a copy with the LRSweep callback, from this classifier's network
+        when it has one (else a fresh one); the copy is dropped."""
         probe = ImageClassifier(**self._fit_options(), progress=self.progress)
-        probe.config_ = replace(cfg, lr=RECIPES[cfg.strategy]["lr"])  # the sweep sets the rates itself
-        if hasattr(self, "network_"):
-            probe.spec_, probe.preprocess_, probe.weights_ = self.spec_, self.preprocess_, self.weights_
-            probe.network_ = copy.deepcopy(self.network_)
-        else:
-            probe.spec_ = ModelSpec.from_options(cfg.to_dict(), len(train.classes))
-            built = build_model(probe.spec_)
-            probe.network_, probe.preprocess_, probe.weights_ = built.network, built.preprocess, built.weights
-        if strategy(cfg.strategy).cached_features:
-            probe._fit_features(probe.config_, train, None, [], sweep=sweep)
-        else:
-            probe._fit_network(probe.config_, train, None, [], time.perf_counter(), sweep=sweep)
+        # The sweep sets the rates itself; no budget ends it.
+        swept = replace(cfg, lr=RECIPES[cfg.strategy]["lr"], budget=None)
+        probe._fit(train, None, None, [sweep], swept, start=self if hasattr(self, "network_") else None)
         try:
             suggestions = suggest(sweep.rates, sweep.losses)
         except ValueError as err:
@@ -158,7 +156,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
 
     def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
-                     started: float, sweep: LRSweep | None = None) -> None:
+                     started: float) -> None:
+        sweep = _sweep_in(callbacks)
+        if sweep is not None:
+            callbacks = []
         phases(cfg, self.network_)  # --unfreeze beyond the backbone's stages fails before decoding
         check_sizes(cfg, self.preprocess_)
         decoding = time.perf_counter()
@@ -186,8 +187,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             self.fit_info_.update(ranks=len(result.replicas), rank_weight_digests=result.replicas,
                                   ranks_identical=len(set(result.replicas)) == 1)
 
-    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
-                      sweep: LRSweep | None = None) -> None:
+    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list) -> None:
+        sweep = _sweep_in(callbacks)
+        if sweep is not None:
+            callbacks = []
         extracted = [self._features(train.images, "train features")]
         x_train, y_train = extracted[0].features, train.labels[extracted[0].ok]
         x_val = y_val = None
@@ -212,21 +215,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
             x_train, y_train, x_val, y_val = x_train[~held], y_train[~held], x_train[held], y_train[held]
-        # One process's work even under torchrun (the features strategy runs on rank 0 alone).
-        tools = [sweep] if sweep is not None else tool_callbacks(cfg)
-        trainer = Trainer(head, train_settings(cfg, channels_last=False), callbacks=[*tools, *callbacks],
-                          progress=self.progress, world=World())
-        train_batches = TensorBatches(torch.from_numpy(x_train), torch.from_numpy(y_train), cfg.batch_size,
-                                      shuffle=True)
-        phase = Phase("head", cfg.epochs, [([n for n, _ in head.named_parameters()], cfg.lr)])
-        if sweep is not None:
-            phase = sweep_phase(phase, math.ceil(len(train_batches) / cfg.accumulate), sweep.steps)
-        result = trainer.fit([phase], train_batches,
-                             TensorBatches(torch.from_numpy(x_val), torch.from_numpy(y_val), 256)
-                             if x_val is not None else None)
-        head.eval()
-        self.history_ = result.history
-        self.fit_info_ = {"classifier": "mlp head", "best_epoch": result.best_epoch, **frozen}
+        self.history_, best_epoch = fit_head(head, cfg, x_train, y_train, x_val, y_val, self.progress, callbacks, sweep)
+        self.fit_info_ = {"classifier": "mlp head", "best_epoch": best_epoch, **frozen}
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -331,36 +321,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     # -- helpers -----------------------------------------------------------------------------
 
     def _features(self, images: list[ImageRef], desc: str) -> Extracted:
-        """The backbone's pooled features. An ensemble's members are cached each on its own: a
-        member at its own input size shares its features with single runs of it."""
-        backbone = self.network_.backbone
-        if not isinstance(backbone, FeatureEnsemble):
-            return self._member_features(self.config_.backbone, self.weights_.identity, self.network_, images, desc,
-                                         getattr(backbone, "pooling", None))
-        identities = self.weights_.members or (self.weights_.identity,)
-        pre = self.preprocess_
-        parts = [self._member_features(name, identities[k], Network(backbone.part(k), nn.Identity(), pre.mean,
-                                                                    pre.std, pre.input_size),
-                                       images, f"{desc} ({name})" if len(backbone.names) > 1 else desc,
-                                       getattr(backbone.members[k], "pooling", None))
-                 for k, name in enumerate(backbone.names)]
-        ok = np.logical_and.reduce([p.ok for p in parts])
-        # Every member decodes the same files, so they fail on the same ones; rows of the readable.
-        features = np.concatenate([p.features[ok[p.ok]] for p in parts], 1)
-        return Extracted(features, ok, parts[0].failures, computed=sum(p.computed for p in parts),
-                         cached=sum(p.cached for p in parts), forward_seconds=sum(p.forward_seconds for p in parts),
-                         torch_seconds=sum(p.torch_seconds for p in parts))
-
-    def _member_features(self, backbone: str, identity: str, network: Network, images: list[ImageRef],
-                         desc: str, pooling: str | None = None) -> Extracted:
+        """The backbone's pooled features, cached (an ensemble's members each on its own)."""
         cfg = self.config_
-        device = resolve_device(cfg.device)
-        key = extractor_key(backbone, identity, self.preprocess_, cfg.feature_views, pooling,
-                            device_decoding(device, self.preprocess_))
-        return frozen_features(network, images, self.preprocess_, key,
-                               cache_root(cfg.cache_dir) if cfg.feature_cache else None, cfg.runtime, device,
-                               self.__dict__.setdefault("_stores", {}), batch_size=cfg.batch_size,
-                               progress=self.progress, desc=desc)
+        return network_features(self.network_, cfg.backbone, self.weights_, self.preprocess_, images, desc,
+                                resolve_device(cfg.device), cache_root(cfg.cache_dir) if cfg.feature_cache else None,
+                                cfg.runtime, cfg.feature_views, cfg.batch_size, self.progress,
+                                self.__dict__.setdefault("_stores", {}))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "network_")
@@ -489,6 +455,10 @@ def val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float, np.
         return 0.0, math.inf, proba, ok
     picked = np.clip(proba[np.arange(len(labels)), labels], 1e-15, 1.0)
     return float((proba.argmax(1) == labels).mean()), float(-np.log(picked).mean()), proba, ok
+
+
+def _sweep_in(callbacks) -> LRSweep | None:
+    return next((c for c in callbacks if isinstance(c, LRSweep)), None)
 
 
 def hold_back_mask(labels: np.ndarray, seed: int) -> np.ndarray:
