@@ -158,6 +158,12 @@ def test_an_ensemble_saves_reloads_exports_to_onnx_and_serves_with_identical_pro
         assert reply.status_code == 200
         got = np.array([[p["probabilities"][c] for c in again.class_names()] for p in reply.json()["predictions"]])
     assert np.abs(got - proba).max() <= 1e-5
+    from transferlab.data.decode import decode as read
+    from transferlab.explain.gradcam import gradcam_with_probabilities
+    pixels = again.preprocess_.center_crop(read(images[0], pre.resize_size, pre.interpolation))
+    heatmap, cls, explained = gradcam_with_probabilities(again.network_, pixels)
+    assert heatmap.shape == pixels.shape[:2] and np.isfinite(heatmap).all()
+    assert np.abs(np.asarray(explained).ravel() - proba[0]).max() <= 1e-4  # the ensemble's own answer
 
 
 def test_ensemble_selection_adds_a_complementary_member_and_breaks_ties_on_log_loss():

@@ -32,9 +32,21 @@ class Target:
     module: nn.Module
 
 
+def explained_network(model: nn.Module) -> nn.Module:
+    """The network whose layers are explained: the model itself, or, for a weighted ensemble of
+    networks, its member with the largest weight (its first among equals)."""
+    backbone = model.backbone if isinstance(model, Network) else None
+    if type(backbone).__name__ == "MemberNetworks":
+        weights = model.head.log_weights.flatten().tolist()
+        return explained_network(backbone.networks[weights.index(max(weights))])
+    return model
+
+
 def timm_backbone(model: nn.Module) -> nn.Module:
     """The timm model inside a Network (the bilinear strategy wraps it in a Tapped as `.net`; a
-    feature ensemble's layers are those of its first member)."""
+    feature ensemble's layers are those of its first member; a weighted ensemble's, those of its
+    heaviest member)."""
+    model = explained_network(model)
     backbone = model.backbone if isinstance(model, Network) else model
     if type(backbone).__name__ == "FeatureEnsemble":
         return backbone.members[0]
@@ -42,6 +54,7 @@ def timm_backbone(model: nn.Module) -> nn.Module:
 
 
 def _normalizer(model: nn.Module, backbone: nn.Module) -> nn.Module:
+    model = explained_network(model)
     if isinstance(model, Network):
         return model.normalize
     # A bare backbone: the statistics its weights were trained with, ImageNet's when unknown.

@@ -11,7 +11,8 @@ from ..errors import TransferlabError
 from ..models.network import Network
 from ..models.stages import stage_groups
 from ..models.taps import stage_output
-from .activations import Target, _first_tensor, as_input, open_target, preserved_modes, timm_backbone
+from .activations import (Target, _first_tensor, as_input, explained_network, open_target, preserved_modes,
+                          timm_backbone)
 
 # Grad-CAM's usual resolution: 7x7 cells, the last stage of an ImageNet network at 224 px.
 _CELLS = 7
@@ -47,6 +48,8 @@ def default_layer(network: nn.Module, size: int) -> str:
     because its last stage is a fully connected block). On small inputs the last stage shrinks to
     2x2 or 1x1, too coarse to localise anything, so a stage at 1/16 of the input is used instead.
     A bilinear network explains its tapped layer: nothing above it runs."""
+    network = explained_network(network)
+    size = getattr(network, "input_size", None) or size
     backbone = network.backbone if isinstance(network, Network) else network
     if type(backbone).__name__ == "Tapped":
         return backbone._chain[backbone.first_tap][0]
