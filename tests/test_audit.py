@@ -73,6 +73,7 @@ def test_an_identical_file_in_train_and_test_is_reported_as_leakage(folder, tmp_
     assert json.loads((tmp_path / "audit" / "audit.json").read_text())["leakage"] == result["leakage"]
 
 
+@pytest.mark.slow
 def test_a_photo_resaved_at_another_quality_and_size_is_a_near_duplicate(folder, tmp_path):
     original = _first(folder, "train", "bees")
     resaved = _small(original, folder / "test" / "bees" / "resaved.jpg", quality=60, scale=0.7)
@@ -128,6 +129,7 @@ def test_dedupe_drops_exactly_the_leaked_copies_from_val_and_test(folder):
     assert not kept & set(leaks) and str(_first(folder, "val", "bees")) in kept
 
 
+@pytest.mark.slow
 def test_train_warns_about_leakage_and_dedupe_records_what_it_dropped(folder, tmp_path, caplog):
     leaks = _leaky(folder)
     audit(folder, out=tmp_path / "audit", progress=False)  # computes and caches every image's features

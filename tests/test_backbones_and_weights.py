@@ -34,6 +34,7 @@ def test_a_typo_in_a_backbone_name_gets_the_closest_names():
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PACKAGED))
 def test_packaged_weights_load_by_position_and_classify_imagenet_photos(hymenoptera, name):
     """Each offline checkpoint lands in its timm architecture tensor by tensor, and the result
@@ -76,7 +77,8 @@ def test_image_size_option_changes_input_and_resize_sizes():
     assert pre.input_size == 160 and pre.resize_size == int(160 / 0.875)
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet50", "resnetv2_50", "mobilenetv2_100"])
+@pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet50", "resnetv2_50",
+                                  "mobilenetv2_100"])
 def test_other_backbones_build_with_random_weights_and_give_pooled_features(name):
     backbone, pre, info = create_backbone(name, "none")
     assert info.source == "none"

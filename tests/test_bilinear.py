@@ -93,8 +93,8 @@ def test_the_backbone_is_cut_at_the_tap_and_gradients_reach_it():
 
 
 @pytest.mark.parametrize("name, layer, channels, stride", [
-    ("vgg16", "block5_conv3", 512, 16),
-    ("vgg16", "block4_pool", 512, 16),
+    pytest.param("vgg16", "block5_conv3", 512, 16, marks=pytest.mark.slow),
+    pytest.param("vgg16", "block4_pool", 512, 16, marks=pytest.mark.slow),
     ("resnet50", "conv5_block3_out", 2048, 32),
     ("resnet50", "conv4_block6_out", 1024, 16),
     ("resnetv2_50", "conv5_block3_out", 2048, 32),
@@ -119,7 +119,8 @@ def test_unknown_layers_get_suggestions_and_taps_inside_skip_blocks_are_refused(
         Tapped(_random("resnet50"), ["layer4.2.conv2"])
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet50", "resnetv2_50", "mobilenetv2_100"])
+@pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet50", "resnetv2_50",
+                                  "mobilenetv2_100"])
 def test_bilinear_network_trains_on_each_family_with_random_weights(name):
     cfg = resolve(RunConfig(strategy="bilinear", backbone=name, weights="none", image_size=64,
                             sketch_dim=1024 if name.startswith("res") else None))
@@ -166,6 +167,7 @@ def test_bilinear_strategy_caches_below_the_tap_saves_and_reloads(colour_folder,
     assert run.score > 0.6
 
 
+@pytest.mark.slow
 def test_bilinear_learns_ants_and_bees(hymenoptera, tmp_path):
     run = transferlab.train(hymenoptera, strategy="bilinear", image_size=160, head_epochs=3, epochs=3,
                             out=tmp_path, progress=False)

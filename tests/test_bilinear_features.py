@@ -85,6 +85,7 @@ def bilinear_run(small_set, tmp_path_factory):
                              name="bilinear-features", progress=False)
 
 
+@pytest.mark.slow
 def test_a_bilinear_features_run_taps_the_block_stage_before_the_last(bilinear_run):
     clf = bilinear_run.classifier
     assert isinstance(clf.network_.backbone, BilinearFeatures)
@@ -93,10 +94,12 @@ def test_a_bilinear_features_run_taps_the_block_stage_before_the_last(bilinear_r
     assert clf.preprocess_.resize == "squash"
 
 
+@pytest.mark.slow
 def test_a_bilinear_features_run_reloads_predicts_and_exports_the_same_probabilities(bilinear_run, small_set):
     assert_reload_predict_and_export_agree(bilinear_run, sorted(small_set.glob("*/*.jpg"))[:4])
 
 
+@pytest.mark.slow
 def test_grad_cam_explains_a_bilinear_features_run(bilinear_run, small_set, tmp_path):
     result = explain(bilinear_run.path, [str(sorted(small_set.glob("ants/*.jpg"))[0])], out=tmp_path)
     assert len(result["images"]) == 1

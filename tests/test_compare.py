@@ -18,6 +18,7 @@ def write(path, text):
     return path
 
 
+@pytest.mark.slow
 def test_two_configs_two_seeds_on_hymenoptera_then_a_rerun_trains_nothing(hymenoptera, tmp_path, monkeypatch):
     grid = write(tmp_path / "heads.yaml", "base: {strategy: features, epochs: 30}\n"
                                           "grid: {head: [linear, 'mlp:64']}\n")
@@ -47,6 +48,7 @@ def test_two_configs_two_seeds_on_hymenoptera_then_a_rerun_trains_nothing(hymeno
            [(r["head"], r["test_accuracy_mean"]) for r in result.rows]
 
 
+@pytest.mark.slow
 def test_a_failing_config_is_reported_and_the_others_complete(colour_folder, tmp_path, capsys):
     data = colour_folder(tmp_path / "data", ("red", "green", "blue"), 10, 32)
     grid = write(tmp_path / "grid.yaml",

@@ -77,6 +77,7 @@ def test_the_frozen_strategy_caches_pooled_features(colour_folder, tmp_path):
     assert run.metrics["fit"]["path"].startswith("cached prefix up to the pooled features")
 
 
+@pytest.mark.slow
 def test_a_cache_beyond_the_memory_budget_goes_to_disk_and_trains_the_same(colour_folder, tmp_path):
     data = colour_folder(tmp_path / "data", RGB, 10, 40)
     in_memory = transferlab.train(data, out=tmp_path / "runs", name="memory", **FAST)
@@ -95,6 +96,7 @@ def test_mixup_falls_back_to_pixels_and_says_why(colour_folder, tmp_path):
     assert run.metrics["fit"]["path"].startswith("pixels (mixup/cutmix")
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_ends_within_its_budget_plus_one_epoch(colour_folder, tmp_path):
     data = colour_folder(tmp_path / "data", RGB, 40, 48)
     budget_minutes = 0.25

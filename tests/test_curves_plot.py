@@ -86,6 +86,7 @@ def test_figure_contents():
     assert len(train.get_xdata()) == 12 and len(val.get_xdata()) == 11
 
 
+@pytest.mark.slow
 def test_smoothing_draws_more_lines(tmp_path):
     plain = curves._figure(history(), smooth=0.0)
     smoothed = curves._figure(history(), smooth=0.6)

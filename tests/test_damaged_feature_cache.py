@@ -110,6 +110,7 @@ def test_a_cache_of_the_earlier_format_is_read_and_checked(tmp_path):
     assert all(np.array_equal(got[k], vectors[k]) for k in got)
 
 
+@pytest.mark.slow
 def test_a_run_on_a_damaged_cache_ends_with_the_clean_model(tmp_path, colour_folder, caplog):
     data = colour_folder(tmp_path / "colours", per_class=10)
     cache = tmp_path / "cache"

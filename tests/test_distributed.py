@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 import transferlab
@@ -27,6 +28,7 @@ HYMENOPTERA = dict(strategy="finetune", image_size=128, cache_views=2, head_epoc
                    budget=3)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_finetune_like_one_process(hymenoptera, tmp_path):
     options = [w for k, v in HYMENOPTERA.items() for w in (f"--{k.replace('_', '-')}", v)]
     proc = _transferlab("train", hymenoptera, *options, "--out", tmp_path / "runs", "--name", "ddp", "--devices", 2)
@@ -71,6 +73,7 @@ FAST = ["--strategy", "finetune", "--backbone", "mobilenetv2_050", "--weights", 
         "--batch-size", "8", "--head-epochs", "2", "--epochs", "3", "--unfreeze", "2", "--patience", "10"]
 
 
+@pytest.mark.slow
 def test_a_data_parallel_run_killed_mid_epoch_resumes_to_the_same_weights(colour_folder, tmp_path):
     data = colour_folder(tmp_path / "data", ("red", "green", "blue"), 12, 40)
     child = tmp_path / "child.py"
@@ -122,6 +125,7 @@ def test_devices_must_be_a_positive_count(capsys):
     assert "--devices 0 must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ranks_end_with_the_same_batchnorm_statistics(colour_folder, tmp_path):
     # reinit updates the fresh blocks' BatchNorm statistics, each rank from its own shard; without
     # rank 0's being broadcast after every epoch the ranks ended with different running means.

@@ -127,7 +127,8 @@ def test_reinit_gives_the_last_stages_fresh_weights_and_keeps_the_rest(tmp_path,
 
 # -- stages, chain, schedules, optimizers -------------------------------------------------------------
 
-@pytest.mark.parametrize("name, count", [("tf_efficientnet_lite0", 8), ("resnet50", 5), ("vgg16", 14)])
+@pytest.mark.parametrize("name, count", [("tf_efficientnet_lite0", 8), ("resnet50", 5),
+                                         pytest.param("vgg16", 14, marks=pytest.mark.slow)])
 def test_stages_follow_timms_groups_and_cover_every_parameter(name, count):
     import timm
 
@@ -283,6 +284,7 @@ transferlab.train(sys.argv[1], out=sys.argv[2], name="interrupted", **{OPTIONS})
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cached", [True, False], ids=["cached-prefix", "pixels"])
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, colour_folder, cached):
     data = colour_folder(tmp_path / "data", RGB, 12, 40)
@@ -307,6 +309,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, colour_fol
         transferlab.train(resume=interrupted, progress=False)
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(tmp_path, monkeypatch, colour_folder):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -319,6 +322,7 @@ def test_a_run_that_fails_before_its_first_epoch_leaves_no_directory(tmp_path, m
 
 # -- real data -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finetune_reaches_the_published_accuracy_on_hymenoptera(hymenoptera, tmp_path):
     """Published reference: 0.93-0.95 (ResNet-18). A shortened recipe here; the benchmark runs
     the full one."""
@@ -329,6 +333,7 @@ def test_finetune_reaches_the_published_accuracy_on_hymenoptera(hymenoptera, tmp
     assert [r["phase"] for r in run.classifier.history_] == ["head"] * 3 + ["finetune"] * 4
 
 
+@pytest.mark.slow
 def test_basenet_learns_cifar10_small_well_above_chance(cifar10_small, tmp_path):
     run = transferlab.train(cifar10_small, strategy="scratch", epochs=10, out=tmp_path, progress=False)
     assert run.metrics["splits"]["test"]["images"] == 1000

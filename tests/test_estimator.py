@@ -71,6 +71,7 @@ def test_clone_gives_an_unfitted_estimator_with_equal_parameters(ant_bee_paths):
         twin.predict(paths[:2])
 
 
+@pytest.mark.slow
 def test_cross_val_score_on_image_paths(ant_bee_paths):
     paths, labels = ant_bee_paths
     scores = cross_val_score(ImageClassifier(strategy="features", image_size=64, progress=False), paths, labels, cv=3)

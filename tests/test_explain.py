@@ -154,6 +154,7 @@ def test_gradcam_explains_the_class_a_binary_features_head_keeps_at_zero(tmp_pat
     assert np.mean(masses) > 0.6, masses
 
 
+@pytest.mark.slow
 def test_default_gradcam_layer_keeps_enough_cells_at_each_input_size():
     import timm
 

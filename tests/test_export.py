@@ -71,6 +71,7 @@ def bilinear_run(tmp_path_factory, colour_folder):
     return Path(run.path), sorted(data.glob("*/*.png"))
 
 
+@pytest.mark.slow
 def test_onnx_export_agrees_with_prediction_on_real_images(lite0_run, lite0_onnx, lite0_clf, ant_bee_images):
     assert lite0_onnx["path"] == lite0_run / "model.onnx" and lite0_onnx["path"].is_file()
     assert lite0_onnx["format"] == "onnx"
@@ -85,6 +86,7 @@ def test_onnx_export_agrees_with_prediction_on_real_images(lite0_run, lite0_onnx
     assert not list(lite0_run.glob(".model.onnx*"))  # no temp file left beside it
 
 
+@pytest.mark.slow
 def test_onnx_metadata_round_trips(lite0_onnx):
     meta = read_metadata(lite0_onnx["path"])
     assert meta == lite0_onnx["metadata"]
@@ -101,6 +103,7 @@ def test_onnx_metadata_round_trips(lite0_onnx):
     assert props["classes"] == '["ants", "bees"]' and props["input_size"] == "96"
 
 
+@pytest.mark.slow
 def test_onnx_batch_axis_is_dynamic(lite0_onnx, lite0_clf):
     session = _session(lite0_onnx["path"])
     assert isinstance(session.get_inputs()[0].shape[0], str)
@@ -116,6 +119,7 @@ def test_onnx_batch_axis_is_dynamic(lite0_onnx, lite0_clf):
         assert np.abs(got - expected).max() <= TOL
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_agrees_and_carries_metadata(lite0_run, lite0_clf, ant_bee_images):
     result = export(lite0_run, format="torchscript", check_images=ant_bee_images[:2])
@@ -130,6 +134,7 @@ def test_torchscript_export_agrees_and_carries_metadata(lite0_run, lite0_clf, an
     assert np.abs(got - clf.predict_proba([str(p) for p in ant_bee_images])).max() <= TOL
 
 
+@pytest.mark.slow
 def test_bilinear_run_exports_and_agrees(bilinear_run, tmp_path):
     run, images = bilinear_run
     out = tmp_path / "deploy" / "colours.onnx"

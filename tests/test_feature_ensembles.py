@@ -37,6 +37,7 @@ def test_each_member_is_cached_on_its_own(small_set, ensemble_run, tmp_path):
     assert single.metrics["features"] == {"computed": 0, "cached": 16}
 
 
+@pytest.mark.slow
 def test_an_ensemble_run_reloads_predicts_and_exports_the_same_probabilities(ensemble_run, small_set):
     assert_reload_predict_and_export_agree(ensemble_run, sorted(small_set.glob("*/*.jpg"))[:4])
 
@@ -46,6 +47,7 @@ def test_grad_cam_explains_an_ensemble_in_its_first_member(ensemble_run, small_s
     assert result["layer"].startswith("blocks.") and len(result["images"]) == 1
 
 
+@pytest.mark.slow
 def test_mirror_averaged_features_give_the_same_answer_for_a_mirrored_image(small_set, tmp_path):
     run = transferlab.train(small_set, strategy="features", feature_views=2, image_size=112, resize="crop", out=tmp_path, progress=False)
     source = sorted(small_set.glob("bees/*.jpg"))[0]

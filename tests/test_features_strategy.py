@@ -26,6 +26,7 @@ def hymenoptera_run(hymenoptera, tmp_path_factory):
     return transferlab.train(hymenoptera, strategy="features", out=tmp_path_factory.mktemp("runs"), name="hym", progress=False)
 
 
+@pytest.mark.slow
 def test_logistic_regression_on_features_reaches_the_published_accuracy(hymenoptera_run):
     """Published reference for this set: 0.93-0.95 (ResNet-18); the held-out split is its val/."""
     m = hymenoptera_run.metrics
@@ -35,6 +36,7 @@ def test_logistic_regression_on_features_reaches_the_published_accuracy(hymenopt
     assert m["fit"]["classifier"] == "logistic regression" and m["fit"]["C_chosen_by"] == "val log loss"
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_data_does_not_run_the_backbone(hymenoptera, hymenoptera_run,
                                                                  tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
@@ -47,6 +49,7 @@ def test_a_second_run_on_the_same_data_does_not_run_the_backbone(hymenoptera, hy
     assert again.metrics["test"]["log_loss"] == pytest.approx(hymenoptera_run.metrics["test"]["log_loss"])
 
 
+@pytest.mark.slow
 def test_the_feature_cache_notices_a_changed_file(hymenoptera, tmp_path):
     """Files are known by path, size and modification time: an edited image is recomputed."""
     data = _small_copy(hymenoptera, tmp_path / "data", 6)
@@ -61,6 +64,7 @@ def test_the_feature_cache_notices_a_changed_file(hymenoptera, tmp_path):
     assert second.metrics["features"]["computed"] <= 1
 
 
+@pytest.mark.slow
 def test_an_mlp_head_trains_on_features_with_early_stopping(hymenoptera, tmp_path):
     run = transferlab.train(hymenoptera, strategy="features", out=tmp_path, name="mlp", head="mlp:256", dropout=0.3,
                             epochs=60, patience=8, progress=False)
@@ -72,6 +76,7 @@ def test_an_mlp_head_trains_on_features_with_early_stopping(hymenoptera, tmp_pat
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 
+@pytest.mark.slow
 def test_unreadable_files_are_skipped_and_reported_once_by_name(hymenoptera, tmp_path):
     data = _small_copy(hymenoptera, tmp_path / "data", 8)
     broken = data / "ants" / "broken.jpg"
@@ -87,6 +92,7 @@ def test_unreadable_files_are_skipped_and_reported_once_by_name(hymenoptera, tmp
     assert saved["skipped"] == skipped
 
 
+@pytest.mark.slow
 def test_the_api_has_scikit_learns_shape(hymenoptera, tmp_path):
     splits = split_source(load_source(hymenoptera), seed=0)
     clf = ImageClassifier(strategy="features", image_size=128, progress=False)
@@ -109,6 +115,7 @@ def test_the_api_has_scikit_learns_shape(hymenoptera, tmp_path):
     assert np.allclose(by_pixels, proba, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_saved_network_predicts_from_pixels_like_the_features_path(hymenoptera_run, hymenoptera):
     """model.safetensors holds the whole network: normalisation, backbone and the fitted head."""
     clf = ImageClassifier.load(hymenoptera_run.path)
@@ -123,6 +130,7 @@ def test_the_saved_network_predicts_from_pixels_like_the_features_path(hymenopte
     assert np.allclose(direct, clf.predict_proba([str(p) for p in paths]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_demo_learns_digits(tmp_path):
     run = transferlab.demo(out=tmp_path, progress=False)
     assert run.path == tmp_path / "demo-digits"

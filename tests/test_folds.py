@@ -50,6 +50,7 @@ def test_a_class_smaller_than_k_is_refused_in_one_line_before_any_fitting(colour
         stratified_folds(np.array([0, 0, 1, 0]), 2, seed=0, classes=["a", "1"])
 
 
+@pytest.mark.slow
 def test_train_with_3_folds_reports_each_fold_computes_features_once_and_keeps_the_final_fit(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="transferlab"):
         run = transferlab.train("digits", out=tmp_path, name="cv", folds=3, **DIGITS)
@@ -76,6 +77,7 @@ def test_train_with_3_folds_reports_each_fold_computes_features_once_and_keeps_t
     assert run.metrics["test"]["log_loss"] == pytest.approx(plain.metrics["test"]["log_loss"])
 
 
+@pytest.mark.slow
 def test_compare_with_2_folds_writes_cv_columns_and_ranks_by_them(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("base: {strategy: features, image_size: 56, classes: '0,1,2'}\n"

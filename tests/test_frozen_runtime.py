@@ -32,6 +32,7 @@ def _refs(folder):
     return [ImageRef.from_file(p) for p in sorted(folder.rglob("*.png"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", PACKAGED)
 def test_the_onnx_pass_computes_pytorchs_features_for_each_packaged_backbone(backbone):
     built = build_model(ModelSpec(backbone))  # the packaged ImageNet weights
@@ -66,6 +67,7 @@ def _tiny_run(tmp_path, colour_folder):
     return data, out / "r"
 
 
+@pytest.mark.slow
 def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder):
     images, built, key, _ = _extractor(tmp_path, colour_folder, per_class=3)
     got = frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "torch", progress=False)
@@ -79,6 +81,7 @@ def test_torch_keeps_todays_key_and_features_bit_for_bit(tmp_path, colour_folder
     assert np.array_equal(got.features, direct)
 
 
+@pytest.mark.slow
 def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_folder, caplog):
     images, built, key, cache = _extractor(tmp_path, colour_folder, per_class=4)
     torch_run = frozen_features(built.network, images, built.preprocess, key, cache, "torch", progress=False)
@@ -93,6 +96,7 @@ def test_onnx_features_live_under_a_key_of_their_own_and_agree(tmp_path, colour_
     assert again.cached == len(images) and np.array_equal(again.features, onnx_run.features)
 
 
+@pytest.mark.slow
 def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog):
     images, built, key, cache = _extractor(tmp_path, colour_folder, per_class=2)
     first = frozen_features(built.network, images, built.preprocess, key, cache, "onnx", progress=False).features
@@ -112,6 +116,7 @@ def test_a_damaged_graph_is_made_again_and_said(tmp_path, colour_folder, caplog)
     assert graph.read_bytes() != bytes(data)
 
 
+@pytest.mark.slow
 def test_without_onnxruntime_auto_falls_back_in_one_line_and_onnx_is_refused(tmp_path, colour_folder, monkeypatch,
                                                                              caplog):
     monkeypatch.setattr(frozen, "onnx_missing", lambda: "onnxruntime")
@@ -125,6 +130,7 @@ def test_without_onnxruntime_auto_falls_back_in_one_line_and_onnx_is_refused(tmp
         frozen_features(built.network, images, built.preprocess, key, tmp_path / "cache", "onnx", progress=False)
 
 
+@pytest.mark.slow
 def test_a_graph_that_cannot_be_made_gives_way_to_pytorch_and_is_not_tried_again(tmp_path, colour_folder,
                                                                                monkeypatch, caplog):
     calls = []
@@ -147,6 +153,7 @@ def test_a_graph_that_cannot_be_made_gives_way_to_pytorch_and_is_not_tried_again
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 def test_runtime_option_is_checked_and_a_features_run_agrees_across_runtimes(tmp_path, colour_folder, capsys):
     data = colour_folder(tmp_path / "c", per_class=8)
     base = ["-q", "train", str(data), "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
@@ -162,6 +169,7 @@ def test_runtime_option_is_checked_and_a_features_run_agrees_across_runtimes(tmp
     assert scores[0][split]["accuracy"] == scores[1][split]["accuracy"]
 
 
+@pytest.mark.slow
 def test_the_last_sessions_are_kept_so_image_by_image_prediction_reads_no_graph(tmp_path, monkeypatch):
     built = _small()
     first = frozen.frozen_pass(built.network, 64, "a", "onnx", tmp_path)
@@ -173,6 +181,7 @@ def test_the_last_sessions_are_kept_so_image_by_image_prediction_reads_no_graph(
     assert ("a", str(tmp_path)) not in frozen._SESSIONS and len(frozen._SESSIONS) == frozen.KEEP_SESSIONS
 
 
+@pytest.mark.slow
 def test_a_cut_network_runs_in_onnxruntime_as_in_pytorch(tmp_path):
     """The prefix cache's frozen front (the packaged Lite0 up to its last block stage) through
     its graph gives PyTorch's activations, and a second build reads the kept graph."""
@@ -196,6 +205,7 @@ def test_a_cut_network_runs_in_onnxruntime_as_in_pytorch(tmp_path):
     assert frozen.whole_pass(prefix, 224, 1, "auto", tmp_path / "elsewhere").runtime == "torch"
 
 
+@pytest.mark.slow
 def test_prediction_runs_the_network_in_onnxruntime_when_its_export_pays_back(tmp_path, colour_folder, monkeypatch):
     from transferlab.inference.probabilities import predict_pixels
 
@@ -230,6 +240,7 @@ def test_prediction_runs_the_network_in_onnxruntime_when_its_export_pays_back(tm
     assert len(list((cache / "onnx").glob("net-*.onnx"))) == 2 and not np.allclose(moved, made)
 
 
+@pytest.mark.slow
 def test_the_predict_command_and_its_runtime_option(tmp_path, colour_folder, capsys):
     data, run = _tiny_run(tmp_path, colour_folder)
     cache = tmp_path / "cache"
@@ -277,6 +288,7 @@ def test_int8_features_are_cached_under_their_own_graph(tmp_path, colour_folder,
         frozen.resolve_runtime("onnx-int8", "cuda:0")
 
 
+@pytest.mark.slow
 def test_export_quantize_int8(tmp_path, colour_folder, capsys):
     import onnxruntime as ort
 
@@ -301,6 +313,7 @@ def test_export_quantize_int8(tmp_path, colour_folder, capsys):
         export(run, quantize="int8", force=True)
 
 
+@pytest.mark.slow
 def test_a_session_holds_no_memory_arena():
     """With an arena alive beside it PyTorch trained 1.45x slower in the same process (a finetune
     after its prefix cache was built through onnxruntime)."""

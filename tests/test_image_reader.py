@@ -517,6 +517,7 @@ def test_pillow_global_settings_are_left_alone(tmp_path):
     assert warnings.filters == filters
 
 
+@pytest.mark.slow
 def test_failures_leave_no_file_open(tmp_path):
     cut = tmp_path / "cut.png"
     _gradient(100, 100).save(cut)

@@ -11,6 +11,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_vgg16_keras_names_with_their_output_shapes(capsys):
     code, out, _ = run(capsys, "vgg16", "--filter", "block5*")
     assert code == 0
@@ -20,6 +21,7 @@ def test_vgg16_keras_names_with_their_output_shapes(capsys):
     assert "512x7x7" in rows["features.30"] and rows["features.30"].endswith("block5_pool")
 
 
+@pytest.mark.slow
 def test_stages_and_what_unfreeze_trains(capsys):
     code, out, _ = run(capsys, "tf_efficientnet_lite0", "--input-size", "96", "--filter", "blocks.?",
                        "--unfreeze", "2")
@@ -30,6 +32,7 @@ def test_stages_and_what_unfreeze_trains(capsys):
     assert rows[4][-1] == "stage-3"  # not trained with --unfreeze 2
 
 
+@pytest.mark.slow
 def test_resnet50_keras_block_outputs(capsys):
     _, out, _ = run(capsys, "resnet50", "--filter", "conv5_block3_out")
     (row,) = out.splitlines()[1:]

@@ -25,7 +25,9 @@ def test_every_kind_of_network_is_kept_as_a_fixture():
     assert names() == ["bilinear-lite0", "features-lite0", "finetune-lite0-mlp", "scratch-basenet-plus"]
 
 
-@pytest.mark.parametrize("name", names())
+# The scratch network (no packaged backbone) stays in the fast lane; the others are slow.
+@pytest.mark.parametrize("name", [n if n == "scratch-basenet-plus" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in names()])
 def test_a_legacy_run_predicts_what_it_predicted_when_it_was_written(name, tmp_path, probes, capsys):
     run = materialise(name, tmp_path)
     assert main(["-q", "predict", str(run), *map(str, probes), "--top-k", "10", "--format", "json"]) == 0
@@ -40,6 +42,7 @@ def test_a_legacy_run_predicts_what_it_predicted_when_it_was_written(name, tmp_p
     transferlab.RunConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["features-lite0", "scratch-basenet-plus", "bilinear-lite0"])
 def test_a_legacy_run_exports_and_evaluates(name, tmp_path, probes, colour_folder):
     run = materialise(name, tmp_path)

@@ -25,6 +25,7 @@ def _fitted_probabilities(x, y, x_val, y_val, use_val):
         return info, torch.softmax(head(torch.from_numpy(x_val)), 1).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_val", [True, False])
 def test_wide_features_fit_in_the_training_rows_span_give_the_full_fit(monkeypatch, use_val):
     x, y, x_val, y_val = _wide_problem()

@@ -87,6 +87,7 @@ def probe(tmp_path) -> str:
 
 # 1 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_never_replaces_a_runs_own_files_nor_other_files_unless_forced(run, tmp_path, capsys):
     weights = (run / "model.safetensors").read_bytes()
     assert main(["export", str(run), "--format", "torchscript", "--out", str(run / "model.safetensors")]) == 2
@@ -138,6 +139,7 @@ def test_a_damaged_run_is_one_line_naming_the_file(damage, run, data, tmp_path, 
 
 # 3 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unwritable_outputs_are_one_line_naming_the_folder(run, data, tmp_path, capsys):
     image = probe(tmp_path)
     with read_only(tmp_path / "ro") as ro:
@@ -178,6 +180,7 @@ def interrupted_run(data, out, name="stopped"):
     return out / name
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_run_gets_one_line(data, tmp_path, capsys):
     run = interrupted_run(data, tmp_path / "runs")
     assert (run / "checkpoint.pt").is_file() and not (run / ".lock").exists()
@@ -197,6 +200,7 @@ def test_a_second_writer_of_a_run_gets_one_line(data, tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_writer_is_taken_over(data, tmp_path):
     run = interrupted_run(data, tmp_path / "runs")
     (run / ".lock").write_text("process 999999 on elsewhere\n")  # its process is gone: no flock held
@@ -208,6 +212,7 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over(data, tmp_path):
 
 # 5 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_thin_strip_is_refused_by_the_size_it_would_have_after_resizing(tmp_path, data):
     strip = tmp_path / "strip.png"
     Image.fromarray(np.zeros((1, 50000, 3), np.uint8)).save(strip)
@@ -233,6 +238,7 @@ def test_evaluate_scores_new_images_of_a_single_class(finished, colour_folder, t
 
 # 7 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compare_takes_train_options_and_names_the_bad_grid_entry(data, tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"base": {"backbone": "mobilenetv2_050", "weights": "none"},
@@ -249,6 +255,7 @@ def test_compare_takes_train_options_and_names_the_bad_grid_entry(data, tmp_path
 
 # 8 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_and_a_changed_data_set_each_say_one_thing(data, tmp_path, capsys, monkeypatch):
     from transferlab.training import engine
 
@@ -274,6 +281,7 @@ def test_ctrl_c_and_a_changed_data_set_each_say_one_thing(data, tmp_path, capsys
 
 # 9 ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unfreeze_beyond_the_stages_is_refused_and_kept_as_a_number(data, tmp_path, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "runs"), *FINETUNE, "--unfreeze", "99"]) == 2
     one_line_error(capsys, "--unfreeze 99", "stages")

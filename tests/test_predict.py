@@ -37,6 +37,7 @@ def cli(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_three_formats_agree_with_the_classifier(trained, capsys):
     run, root = trained
     code, out, err = cli(capsys, run.path, root / "new", "--format", "json", "--top-k", "2")
@@ -56,6 +57,7 @@ def test_three_formats_agree_with_the_classifier(trained, capsys):
     assert out.splitlines()[0].startswith("image") and "blue.png" in out.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_tta_averages_the_ten_views(trained):
     run, root = trained
     result = predict(run.path, [str(root / "new" / "green.png")], top_k=3, tta=True, progress=False)
@@ -68,6 +70,7 @@ def test_tta_averages_the_ten_views(trained):
     assert len(ten_views(np.zeros((40, 50, 3), np.uint8), 32)) == 10
 
 
+@pytest.mark.slow
 def test_output_file_and_bad_input(trained, capsys, tmp_path):
     run, root = trained
     code, out, _ = cli(capsys, run.path, root / "new", "--format", "json", "--output", tmp_path / "p.json")

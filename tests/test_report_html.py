@@ -260,6 +260,7 @@ def solid_block(rgb: np.ndarray, colour: tuple) -> tuple[int, int]:
     return box.shape
 
 
+@pytest.mark.slow
 def test_chromium_renders_run_report_with_images(chromium, full_report, tmp_path):
     rgb = screenshot(chromium, full_report, tmp_path / "shot.png", tmp_path / "profile", 4000)
     assert rgb.shape[:2] == (4000, 1200)

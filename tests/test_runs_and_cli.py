@@ -21,6 +21,7 @@ def colours(tmp_path, colour_folder):
     return colour_folder(tmp_path / "colours")
 
 
+@pytest.mark.slow
 def test_a_run_directory_holds_config_metrics_and_a_rebuildable_model(colours, tmp_path, capsys):
     assert main(["train", str(colours), "--out", str(tmp_path / "runs"), "--name", "r1", *FAST]) == 0
     run = tmp_path / "runs" / "r1"
@@ -38,6 +39,7 @@ def test_a_run_directory_holds_config_metrics_and_a_rebuildable_model(colours, t
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r1"]
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_never_overwritten(colours, tmp_path):
     out = str(tmp_path / "runs")
     assert main(["train", str(colours), "--out", out, "--name", "same", *FAST]) == 0
@@ -70,6 +72,7 @@ def test_evaluate_scores_a_saved_run_on_other_data(colours, colour_folder, tmp_p
     assert metrics["accuracy"] == clf.score(str(other))
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_data_whose_class_names_differ(colours, colour_folder, tmp_path, capsys):
     assert main(["train", str(colours), "--out", str(tmp_path / "runs"), "--name", "r", *FAST]) == 0
     other = colour_folder(tmp_path / "other", classes=("red", "green"), per_class=3)
@@ -101,6 +104,7 @@ def test_bad_input_gets_one_line_that_names_it(argv, expected, colours, tmp_path
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_a_config_file_sets_options_and_flags_override_it(colours, tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"data": str(colours), "backbone": "mobilenetv2_050", "weights": "none",

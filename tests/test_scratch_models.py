@@ -191,6 +191,7 @@ def quadrant_images(n: int, size: int, rng: np.random.Generator):
     return np.clip(images, 0, 255).astype(np.float32), labels
 
 
+@pytest.mark.slow
 def test_basenet_learns_a_synthetic_task():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

@@ -270,6 +270,7 @@ def assert_stopped_by_ctrl_c(server: Server, log: str, line: str):
     assert "interrupted" not in log and "Traceback" not in log and "boundary" not in log.lower(), log
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_server_in_one_line(run, photos):
     alone = Server(run)
     try:
@@ -281,6 +282,7 @@ def test_ctrl_c_stops_the_server_in_one_line(run, photos):
     assert_stopped_by_ctrl_c(alone, log, "serve: stopped (2 requests served)")
 
 
+@pytest.mark.slow
 def test_onnx_serving_in_two_workers_agrees_with_pytorch_and_stops_on_ctrl_c(server, run, photos):
     onnx = Server(run, "--onnx", "--workers", "2")
     try:
@@ -329,6 +331,7 @@ def test_bad_options_fail_in_one_line_before_loading(run, tmp_path, capsys):
         assert "cannot listen on 127.0.0.1" in err and "another --port" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_page_classifies_and_explains_a_photo_in_chromium(chromium, server, hymenoptera, tmp_path):
     photo = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[0]
     top = server.client.post("/predict", files=files_part([photo])).json()["predictions"][0]["top"][0]

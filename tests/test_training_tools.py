@@ -146,6 +146,7 @@ def test_ema_weights_equal_the_hand_computed_average_and_are_what_is_kept(valida
         assert trainer.history[0]["val_loss"] == pytest.approx(float(loss), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_with_ema_and_gradual_unfreezing_resumes_to_the_same_weights(
         tmp_path, colour_folder):
     """Killed in the first epoch of phase unfreeze-1: the average and the phase plan must both
@@ -225,6 +226,7 @@ class Sizes(Callback):
         pass
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_small_first_and_ends_at_the_full_size(tmp_path, colour_folder):
     assert [size_for_epoch((160, 224), e, 4) for e in range(4)] == [160, 160, 224, 224]
     assert size_for_epoch((160, 224), 0, 1) == 224  # a one-epoch phase trains at the full size

@@ -41,6 +41,7 @@ def colours(colour_folder, tmp_path_factory):
     return colour_folder(tmp_path_factory.mktemp("tta") / "data", RGB, 12, 40, noise=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resize", ["crop", "squash"])
 def test_evaluate_with_tta_scores_the_mean_of_every_view(colours, tmp_path, resize):
     run = transferlab.train(colours, strategy="features", resize=resize, out=tmp_path / "runs", **QUICK)
