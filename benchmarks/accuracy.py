@@ -67,16 +67,16 @@ def main() -> None:
                 run = transferlab.train(data, out=f"{tmp}/runs", cache_dir=f"{tmp}/cache", progress=False,
                                         **CONFIGS[name])
                 wall = time.perf_counter() - start
-            auto = run.metrics["fit"].get("auto", {})
-            budget = auto.get("budget_minutes")
-            within = f"  budget {budget * 60:.0f} s: {wall / (budget * 60):.3f} of it" if budget else ""
-            print(f"{data.name:14s} {name:28s} {run.score:8.4f} {wall:7.1f}  {auto.get('chosen', '')}{within}",
-                  flush=True)
-            if auto:
-                _candidates_on_test(run, data)
+                auto = run.metrics["fit"].get("auto", {})
+                budget = auto.get("budget_minutes")
+                within = f"  budget {budget * 60:.0f} s: {wall / (budget * 60):.3f} of it" if budget else ""
+                print(f"{data.name:14s} {name:28s} {run.score:8.4f} {wall:7.1f}  {auto.get('chosen', '')}{within}",
+                      flush=True)
+                if auto:  # while the run folder and its cache are still there
+                    _candidates_on_test(run)
 
 
-def _candidates_on_test(run, data: Path) -> None:
+def _candidates_on_test(run) -> None:
     """Each fitted candidate's val and test accuracy (as the run fitted it: members after their
     refit), and the final model against the best single candidate."""
     from transferlab.workflows.train import _splits

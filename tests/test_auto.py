@@ -39,6 +39,7 @@ def auto_run(hymenoptera, tmp_path_factory):
     return transferlab.train(_csv(hymenoptera, root / "data.csv"), out=root / "runs", budget=10, **OPTIONS)
 
 
+@pytest.mark.slow
 def test_auto_scores_every_candidate_on_val_and_weighs_them_by_ensemble_selection(auto_run):
     auto = auto_run.metrics["fit"]["auto"]
     rows = {r["candidate"]: r for r in auto["candidates"]}
@@ -55,12 +56,14 @@ def test_auto_scores_every_candidate_on_val_and_weighs_them_by_ensemble_selectio
     assert (auto_run.path / "plan.json").is_file() and not (auto_run.path / "auto").exists()
 
 
+@pytest.mark.slow
 def test_an_auto_run_reloads_as_its_final_model(auto_run, hymenoptera):
     clf = transferlab.ImageClassifier.load(auto_run.path)
     images = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[10:13]
     assert (clf.predict_proba(images) == auto_run.classifier.predict_proba(images)).all()
 
 
+@pytest.mark.slow
 def test_auto_never_reads_the_test_split_before_it_has_chosen(hymenoptera, auto_run, tmp_path):
     """The same data with every test label wrong: the same candidates score the same on val and
     the same ones are chosen; only the test score changes."""
@@ -89,6 +92,7 @@ def test_two_replays_of_one_plan_give_identical_probabilities(auto_run, hymenopt
         transferlab.train(replay=tmp_path, out=tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_without_a_val_split_features_members_are_refitted_on_all_of_train(hymenoptera, tmp_path):
     """auto holds back part of train to choose; a features member is then refitted on all of it at
     the C its validation chose: the very classifier `--strategy features --logistic-c C` gives."""
@@ -105,6 +109,7 @@ def test_without_a_val_split_features_members_are_refitted_on_all_of_train(hymen
     assert member.model.predict_proba(images) == pytest.approx(plain.classifier.predict_proba(images), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_the_whole_command_keeps_a_small_budget_scoring_included(hymenoptera, tmp_path):
     """From the command's start to its written report, within the budget and 5%: the first
     candidate always runs (something must win); the others start only when they, the scoring
@@ -121,6 +126,7 @@ def test_the_whole_command_keeps_a_small_budget_scoring_included(hymenoptera, tm
     assert any(r["status"].startswith("skipped: needs about") for r in metrics["fit"]["auto"]["candidates"])
 
 
+@pytest.mark.slow
 def test_an_ensemble_saves_reloads_exports_to_onnx_and_serves_with_identical_probabilities(small_set, hymenoptera,
                                                                                           tmp_path):
     """Two fitted classifiers at different input sizes averaged as one network: the reloaded
@@ -288,6 +294,7 @@ class _CtrlC(transferlab.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hymenoptera, tmp_path, caplog):
     options = dict(OPTIONS, backbone="tf_efficientnet_lite0", budget=30, epochs=2, head_epochs=2)
     with pytest.raises(KeyboardInterrupt) as stopped:
