@@ -320,3 +320,25 @@ def test_ctrl_c_keeps_the_finished_candidates_and_resume_continues_from_them(hym
     assert not (run / "auto").exists() and (run / "metrics.json").is_file()
 
 
+
+
+def test_the_new_options_fail_in_one_line_naming_themselves(tmp_path, capsys):
+    """--logistic-c, --refit-full and --replay refuse what they cannot use, before anything loads."""
+    from transferlab.cli import main
+    from transferlab.config import RunConfig
+
+    for options, said in (({"logistic_c": -1}, "--logistic-c -1 must be a positive number"),
+                          ({"strategy": "finetune", "logistic_c": 1.0}, "--logistic-c sets the features"),
+                          ({"strategy": "features", "refit_full": True}, "--refit-full refits auto's")):
+        with pytest.raises(transferlab.TransferlabError) as err:
+            RunConfig.from_dict(options).refuse_unused()
+        assert said in str(err.value) and "\n" not in str(err.value)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: digits\n")
+    (run / "plan.json").write_text("{not json")
+    assert main(["train", "--replay", str(run)]) == 2
+    assert "plan.json' is damaged" in capsys.readouterr().err
+    assert main(["train", "--replay", str(run), "--resume", str(run)]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
