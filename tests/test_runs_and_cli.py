@@ -26,7 +26,8 @@ def test_a_run_directory_holds_config_metrics_and_a_rebuildable_model(colours, t
     assert main(["train", str(colours), "--out", str(tmp_path / "runs"), "--name", "r1", *FAST]) == 0
     run = tmp_path / "runs" / "r1"
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "metrics.json", "model.json",
-                                                    "model.safetensors", "report.html"]
+                                                    "model.safetensors", "report.html", "unknown.json",
+                                                    "unknown.safetensors"]
     config = RunConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     assert (config.backbone, config.weights, config.image_size) == ("mobilenetv2_050", "none", 32)
     spec = json.loads((run / "model.json").read_text())

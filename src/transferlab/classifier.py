@@ -29,12 +29,14 @@ from .data.types import ImageRef, ImageSet
 from .errors import TransferlabError
 from .features.extract import Extracted
 from .features.network_features import network_features
-from .features.logistic import fit_logistic
+from .features.logistic import fit_logistic, out_of_fold
 from .inference.probabilities import predict_pixels
 from .models import saved
 from .models.factory import ModelSpec, build_model
 from .models.heads import parse_head
 from .training.callbacks import Budget, Callback
+from .trust.calibration import apply, fit_calibration
+from .trust.unknown import UNKNOWN, Embedding, fit_detector, load_detector
 from .training.features_head import fit_head
 from .training.fit import check_sizes, fit_network, resolve_device
 from .training.lr_find import SUGGESTION, LRFindResult, LRSweep, suggest
@@ -61,7 +63,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
 
     # -- fitting -----------------------------------------------------------------------------
 
-    def fit(self, X, y=None, *, val=None, callbacks: Sequence[Callback] | None = None) -> "ImageClassifier":
+    def fit(self, X, y=None, *, val=None, callbacks: Sequence[Callback] | None = None,
+            calibration: dict | None = None) -> "ImageClassifier":
         """Fit on `X`: an ImageSet, a folder, a .csv or 'digits', or a list of image paths (PIL
         images, arrays) with their labels `y`. `val` (the same kinds; labels from the set itself)
         guides choices only; without it, logistic regression is tuned by cross-validation and a
@@ -69,6 +72,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
 
         `callbacks` see every phase, epoch and batch of training (training/callbacks.py); a
         Budget among them replaces the one the `budget` parameter would make.
+
+        After the fit, the network's logits are scaled to calibrated probabilities, fitted on
+        images it did not train on (`val`, the held-back images, or out-of-fold over X);
+        `calibration` (what `calibrate` returned for another fit of the same recipe, on images
+        this one trains on) is used instead of fitting one.
         """
         meta = meta_estimator(self.strategy)
         if meta is not None:  # auto: a search over classifiers, held as `search_`; its model predicts
@@ -79,7 +87,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         # succeeded: a fit that raises leaves this classifier as it was.
         work = ImageClassifier(**self._fit_options(), progress=self.progress)
         work.__dict__["_stores"] = self.__dict__.setdefault("_stores", {})
-        work._fit(X, y, val, callbacks)
+        work._fit(X, y, val, callbacks, calibration=calibration)
         self._learned({k: v for k, v in vars(work).items() if k.endswith("_")})
         return self
 
@@ -89,8 +97,8 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             del self.__dict__[name]
         self.__dict__.update(state)
 
-    def _fit(self, X, y, val, callbacks, cfg: RunConfig | None = None, start: "ImageClassifier | None" = None
-             ) -> None:
+    def _fit(self, X, y, val, callbacks, cfg: RunConfig | None = None, start: "ImageClassifier | None" = None,
+             calibration: dict | None = None) -> None:
         """The fit, on this (fresh) object. `cfg`: the options already resolved and checked;
         `start`: a fitted classifier whose network (copied) training starts from. An LRSweep among
         the callbacks makes it the learning-rate sweep: the first phase that trains, swept, no
@@ -116,13 +124,47 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             found = self._sweep(cfg, train, LRSweep())
             cfg = self.config_ = replace(cfg, lr=found.suggestion)
             log.info(f"lr find: {found.suggestion:.3g} (the sweep's {SUGGESTION})")
+        if start is not None:  # trained further: the scaling fitted to its old logits no longer holds
+            self.spec_ = replace(self.spec_, calibration=None)
+            self.network_.calibrate.set(None)
         if strategy(cfg.strategy).cached_features:
-            self._fit_features(cfg, train, val, callbacks)
+            held_out = self._fit_features(cfg, train, val, callbacks, out_of_fold_ok=calibration is None)
         else:
-            self._fit_network(cfg, train, val, callbacks, started)
+            held_out = self._fit_network(cfg, train, val, callbacks, started)
         if found is not None:
             self.fit_info_["lr_find"] = found.to_dict()
         self.network_.eval()
+        if _sweep_in(callbacks) is not None:
+            return
+        if cfg.keep_known:
+            seen = train if val is None else ImageSet(train.images + val.images,
+                                                      np.concatenate([train.labels, val.labels]), train.classes)
+            self.unknown_ = fit_detector(seen.images, seen.labels, self.preprocess_, self.embedding(),
+                                         cfg.keep_known, cfg.seed)
+        if calibration is not None:
+            self.set_calibration(calibration)
+        elif held_out is not None:
+            self.calibrate(*held_out, seed=cfg.seed)
+        if held_out is not None and val is not None and held_out[2] == "val" and len(held_out[1]) == len(val):
+            # The val images' calibrated probabilities, so that scoring them costs no second pass.
+            self.val_proba_ = apply(held_out[0], self.spec_.calibration)
+
+    def calibrate(self, log_proba: np.ndarray, labels: np.ndarray, fitted_on: str = "val", seed: int = 0) -> dict:
+        """Fit the scaling of this model's logits (a temperature, and class biases where they help)
+        to images it did not train on: `log_proba`, its uncalibrated log-probabilities (or
+        logits) of them, and their `labels`. The network applies it from then on, and so does
+        everything that loads the saved model. Returns what was fitted (also in fit_info_)."""
+        self._check_fitted()
+        fitted = fit_calibration(log_proba, labels, seed, fitted_on)
+        self.set_calibration(fitted)
+        return fitted
+
+    def set_calibration(self, calibration: dict | None) -> None:
+        """Use `calibration` (what `calibrate` fitted, perhaps for another fit of this model's
+        recipe) from now on; None removes it."""
+        self.spec_ = replace(self.spec_, calibration=calibration)
+        self.network_.calibrate.set(calibration)
+        self.fit_info_["calibration"] = calibration
 
     def lr_find(self, X, y=None, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 200
                 ) -> LRFindResult:
@@ -156,7 +198,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return {f.name: getattr(self, f.name) for f in fields(FitOptions)}
 
     def _fit_network(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
-                     started: float) -> None:
+                     started: float) -> tuple | None:
+        """Train the network; returns (log-probabilities, labels, what they are) of the images
+        held out from its training (the val images), for its calibration."""
         sweep = _sweep_in(callbacks)
         if sweep is not None:
             callbacks = []
@@ -186,8 +230,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             # Data-parallel: the ranks' final weights, which DDP must have kept identical.
             self.fit_info_.update(ranks=len(result.replicas), rank_weight_digests=result.replicas,
                                   ranks_identical=len(set(result.replicas)) == 1)
+        if val is None or sweep is not None:
+            return None
+        self.network_.eval()
+        proba, ok, _ = self.predict_proba_readable(val.images)
+        return (np.log(np.clip(proba, 1e-45, None)), val.labels[ok], "val") if ok.any() else None
 
-    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list) -> None:
+    def _fit_features(self, cfg: RunConfig, train: ImageSet, val: ImageSet | None, callbacks: list,
+                      out_of_fold_ok: bool = True) -> tuple | None:
+        """Fit the head on cached features; returns the held-out log-probabilities (val's, or
+        out-of-fold over train) and labels for its calibration."""
         sweep = _sweep_in(callbacks)
         if sweep is not None:
             callbacks = []
@@ -211,12 +263,29 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed,
                                          cfg.logistic_c)
             self.fit_info_.update(classifier_seconds=round(time.perf_counter() - fitting, 3), **frozen)
-            return
+            held = (self._head_log_proba(x_val), y_val, "val") if x_val is not None else None
+            if not out_of_fold_ok:
+                return held
+            # Each training image's probabilities from the folds without it, at the chosen C: a few
+            # seconds of fits on cached features, and many more images to calibrate on than val's.
+            oof = out_of_fold(x_train, y_train, len(train.classes), self.fit_info_["C"], cfg.seed)
+            if oof is None:
+                return held
+            oof = (np.log(np.clip(oof, 1e-300, None)), y_train, "out-of-fold over train")
+            if held is None:
+                return oof
+            return np.concatenate([held[0], oof[0]]), np.concatenate([held[1], oof[1]]), "val + out-of-fold over train"
         if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
             x_train, y_train, x_val, y_val = x_train[~held], y_train[~held], x_train[held], y_train[held]
         self.history_, best_epoch = fit_head(head, cfg, x_train, y_train, x_val, y_val, self.progress, callbacks, sweep)
         self.fit_info_ = {"classifier": "mlp head", "best_epoch": best_epoch, **frozen}
+        return None if x_val is None else (self._head_log_proba(x_val), y_val, "val")
+
+    def _head_log_proba(self, features: np.ndarray) -> np.ndarray:
+        self.network_.head.eval()
+        with torch.inference_mode():
+            return torch.log_softmax(self.network_.head(torch.from_numpy(features)).float(), 1).numpy()
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -230,10 +299,39 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                                    + (f" and {len(failures) - 1} more" if len(failures) > 1 else ""))
         return proba
 
-    def predict(self, X, tta: bool = False) -> np.ndarray:
-        """The most probable class for each image (as `classes_` holds them)."""
+    def predict(self, X, tta: bool = False, reject: bool = False) -> np.ndarray:
+        """The most probable class for each image (as `classes_` holds them); with `reject`,
+        "unknown" for an image beyond the unknown-image threshold (`unknown_score`)."""
         self._check_fitted()
-        return np.asarray(self.classes_)[self.predict_proba(X, tta).argmax(1)]
+        predicted = np.asarray(self.classes_)[self.predict_proba(X, tta).argmax(1)]
+        if not reject:
+            return predicted
+        beyond = self.unknown_score(X) > self._detector().threshold
+        return np.where(beyond, UNKNOWN, predicted.astype(object))
+
+    def unknown_score(self, X) -> np.ndarray:
+        """Each image's distance to its nearest training image (1 - cosine, in the packaged
+        backbone's feature space): above `unknown_.threshold`, it is of no class the model knows."""
+        self._check_fitted()
+        images = unlabelled_set(X, self.class_names()).images
+        distances, ok, failures = self._detector().score(images, self.embedding())
+        if failures:
+            raise TransferlabError(f"cannot read {len(failures)} image(s): {failures[0]}")
+        return distances
+
+    def _detector(self):
+        detector = getattr(self, "unknown_", None)
+        if detector is None:
+            raise TransferlabError("this model has no unknown-image detector (fitted with keep_known=0, or saved "
+                                   "by a transferlab before 0.9): fit it again to reject unknown images")
+        return detector
+
+    def embedding(self) -> Embedding:
+        """Where the unknown-image detector's backbone runs and caches its features: this model's
+        own settings."""
+        cfg = self.config_
+        return Embedding(resolve_device(cfg.device), cache_root(cfg.cache_dir) if cfg.feature_cache else None,
+                         cfg.runtime, cfg.batch_size, self.progress, self.__dict__.setdefault("_stores", {}))
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Accuracy on the readable images; `y` as class names or indices (optional for an
@@ -263,7 +361,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             if not ex.ok.any():
                 return nothing, ex.ok, ex.failures
             with torch.inference_mode():
-                logits = self.network_.head(torch.from_numpy(ex.features))
+                logits = self.network_.classify(torch.from_numpy(ex.features))
             return torch.softmax(logits, 1).numpy(), ex.ok, ex.failures
         proba, ok, failures = predict_pixels(self.network_, images, self.preprocess_, cfg.batch_size,
                                              resolve_device(cfg.device), self.progress, tta, cfg.runtime,
@@ -290,14 +388,18 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     def write_model_files(self, directory: Path) -> None:
         saved.save(directory, saved.SavedModel(self.network_, self.spec_, self.preprocess_, self.weights_,
                                                list(self.classes_), self.config_.model_options()))
+        if getattr(self, "unknown_", None) is not None:
+            self.unknown_.save(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ImageClassifier":
         """Rebuild a saved classifier; needs no network and no pretrained weights file."""
         model = saved.load(directory)
         # Options of other versions that this one does not know are left out.
-        return cls.assemble(model.params, model.network, model.spec, model.preprocess, model.weights,
-                            list(model.classes), origin=f"{directory}/model.json")
+        clf = cls.assemble(model.params, model.network, model.spec, model.preprocess, model.weights,
+                           list(model.classes), origin=f"{directory}/model.json")
+        clf.unknown_ = load_detector(directory)
+        return clf
 
     @classmethod
     def assemble(cls, params: dict, network: nn.Module, spec: ModelSpec, preprocess, weights, classes: list,
@@ -449,7 +551,11 @@ def read_fitted(folder: Path) -> ImageClassifier:
 
 def val_scores(model: ImageClassifier, val: ImageSet) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(accuracy, log loss, probabilities, readable mask) of a fitted model on the val images."""
-    proba, ok, _ = model.predict_proba_readable(val.images)
+    kept = getattr(model, "val_proba_", None)  # computed by its fit, for its calibration
+    if kept is not None and len(kept) == len(val):
+        proba, ok = kept, np.ones(len(val), bool)
+    else:
+        proba, ok, _ = model.predict_proba_readable(val.images)
     labels = val.labels[ok]
     if not len(labels):
         return 0.0, math.inf, proba, ok

@@ -117,6 +117,10 @@ class FitOptions:
                                          "val)", "model")
     refit_full: bool = opt(False, "auto: refit the chosen trained candidates on train + val too (features ones "
                                   "always are, when the budget allows), for the epochs their first fit ran")
+    keep_known: float = opt(0.95, "the share of known images `predict --reject` and `serve` keep: the threshold "
+                                  "on an image's distance to its nearest training image (Lite0 features), read "
+                                  "from held-out distances of the training images; 0: no unknown-image detector",
+                            "model")
     prefix_cache: bool = opt(True, "run the frozen front of the network once per cached view instead of every epoch")
     cache_views: int = opt(2, "augmented views per training image in the prefix cache")
     cache_memory_mb: int = opt(2048, "memory for the prefix cache; beyond it the cache goes to disk")
@@ -233,6 +237,8 @@ class RunConfig(FitOptions):
             bad("name", "is not a folder name: give a name without '/' (the run goes into --out)")
         if self.budget is not None and self.budget <= 0:
             bad("budget", "must be a positive number of minutes")
+        if not 0 <= self.keep_known <= 1:
+            bad("keep_known", "must be a share in [0, 1], e.g. 0.95 (0: no unknown-image detector)")
         if self.logistic_c is not None and not self.logistic_c > 0:
             bad("logistic_c", "must be a positive number (larger: less regularised)")
         if self.cache_views < 1:

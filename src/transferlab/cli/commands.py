@@ -157,6 +157,8 @@ def backbones(args: argparse.Namespace, progress: bool) -> None:
                         help="output format (default table)"),
                     arg("--output", help="write to this file instead of the screen"),
                     arg("--tta", action="store_true", help="average ten views (centre and corner crops, mirrored)"),
+                    arg("--reject", action="store_true", help="answer 'unknown' for an image of no class the run "
+                        "knows (farther from every training image than the run's threshold), with its distance"),
                     RUNTIME, arg("--cache-dir", help="where the network's onnxruntime graph is kept (default "
                                  "$TRANSFERLAB_CACHE or ~/.cache/transferlab)"), FORCE])
 def predict(args: argparse.Namespace, progress: bool) -> None:
@@ -168,7 +170,7 @@ def predict(args: argparse.Namespace, progress: bool) -> None:
     if args.output:
         claim_output(args.output, args.force)
     result = run_predict(args.run, args.paths, args.top_k, args.tta, progress=progress,
-                         runtime=args.runtime or "auto", cache_dir=args.cache_dir)
+                         runtime=args.runtime or "auto", cache_dir=args.cache_dir, reject=args.reject)
     for line in result["unreadable"]:
         stderr(f"unreadable: {line}")
     if not result["predictions"]:

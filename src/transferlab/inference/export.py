@@ -31,6 +31,7 @@ from ..models import saved
 from ..models.network import to_batch
 from ..models.same_padding import freeze_same_padding
 from ..runtime.onnx_graph import onnx_model, quiet_known_warnings, require
+from ..trust.unknown import load_detector
 
 log = logging.getLogger("transferlab")
 
@@ -42,15 +43,25 @@ METADATA_FILE = "transferlab.json"  # the TorchScript extra file
 EXPORT_FORMAT = 1
 
 
-class Probabilities(nn.Module):
-    """The network followed by softmax: what the exported file computes."""
+UNKNOWN_OUTPUTS = ("unknown_score", "unknown")
 
-    def __init__(self, network: nn.Module):
+
+class Probabilities(nn.Module):
+    """The network followed by softmax: what the exported file computes; with the run's
+    unknown-image detector, also each image's distance to its nearest training image and whether
+    it is beyond the run's threshold (the decision `predict --reject` makes)."""
+
+    def __init__(self, network: nn.Module, unknown: nn.Module | None = None):
         super().__init__()
         self.network = network
+        self.unknown = unknown
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.network(pixels).float(), dim=1)
+    def forward(self, pixels: torch.Tensor):
+        proba = torch.softmax(self.network(pixels).float(), dim=1)
+        if self.unknown is None:
+            return proba
+        distance, beyond = self.unknown(pixels)
+        return proba, distance, beyond
 
 
 def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
@@ -85,12 +96,17 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
     if named:
         claim_output(target, force)
     model = saved.load(run)
+    detector = load_detector(run)
     check_writable(target.parent)  # before the minutes of exporting
-    metadata = export_metadata(model)
+    metadata = export_metadata(model, detector)
     # Batch 2 to trace, other batch sizes to check: a batch size baked into the graph shows up.
     example = _random_pixels(2, model.preprocess.input_size, seed=1)
     freeze_same_padding(model.network.eval(), example)  # the file only ever sees this input size
-    module = Probabilities(model.network).eval()
+    unknown = None
+    if detector is not None:
+        unknown = detector.module()
+        freeze_same_padding(unknown, example)
+    module = Probabilities(model.network, unknown).eval()
     checks = _check_batches(model.preprocess, check_images)
     checked = sum(len(x) for x in checks)
     with replacing(target, overwrite=force or not named) as tmp:
@@ -121,9 +137,15 @@ def export(run: str | os.PathLike, format: str = "onnx", out: str | os.PathLike 
             "metadata": metadata, "exporter": exporter, "quantize": quantize, "top1_agreement": agreement}
 
 
-def export_metadata(model: saved.SavedModel) -> dict:
-    """What a deployment needs to feed the exported file and read its output."""
+def export_metadata(model: saved.SavedModel, detector=None) -> dict:
+    """What a deployment needs to feed the exported file and read its outputs."""
     pre = model.preprocess
+    unknown = {} if detector is None else {
+        "outputs": [OUTPUT_NAME, *UNKNOWN_OUTPUTS],
+        "unknown_score": "1 - cosine similarity to the nearest training image (packaged Lite0 features)",
+        "unknown": f"unknown_score > unknown_threshold: of no class the model knows (keeps {detector.keep:.0%} "
+                   "of known images)",
+        "unknown_threshold": detector.threshold}
     return {
         "transferlab_export_format": EXPORT_FORMAT,
         "classes": list(model.classes),
@@ -141,6 +163,7 @@ def export_metadata(model: saved.SavedModel) -> dict:
         "backbone": model.spec.backbone,
         "strategy": model.spec.strategy,
         "transferlab_version": __version__,
+        **unknown,
     }
 
 
@@ -238,10 +261,10 @@ def _quantized(module: nn.Module, fp32: bytes, preprocess, files: list[Path], ch
     data = model.SerializeToString()
     ort = require("onnxruntime")
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    run_file = lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0]  # noqa: E731
+    run_file = lambda x: _single(session.run(None, {INPUT_NAME: x.numpy()}))  # noqa: E731
     diff = _max_abs_diff(module, run_file, [*checks, pixels])
     with torch.inference_mode():
-        agreement = float((module(pixels).numpy().argmax(1) == run_file(pixels).argmax(1)).mean())
+        agreement = float((_outputs(module(pixels))[0].argmax(1) == _outputs(run_file(pixels))[0].argmax(1)).mean())
     return data, diff, agreement, sum(len(x) for x in checks) + len(pixels)
 
 
@@ -262,15 +285,26 @@ def _check_batches(preprocess, check_images) -> list[torch.Tensor]:
 
 
 def _max_abs_diff(module: nn.Module, run_file, batches: list[torch.Tensor]) -> float:
+    """The largest difference between the file's outputs and PyTorch's (every output: a file with
+    the unknown-image outputs is checked on its distances too; its decisions may differ only
+    where the distance is within the tolerance of the threshold)."""
     worst = 0.0
     with torch.inference_mode():
         for x in batches:
-            expected = module(x).numpy()
-            got = np.asarray(run_file(x))
-            if got.shape != expected.shape:
+            expected = _outputs(module(x))
+            got = _outputs(run_file(x))
+            if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected)):
                 return float("inf")
-            worst = max(worst, float(np.abs(got - expected).max(initial=0.0)))
+            for g, e in zip(got, expected):
+                if e.dtype == bool:
+                    continue  # the decision: follows from the distance, checked just before
+                worst = max(worst, float(np.abs(g.astype(np.float64) - e).max(initial=0.0)))
     return worst
+
+
+def _outputs(result) -> list[np.ndarray]:
+    items = result if isinstance(result, (tuple, list)) else [result]
+    return [np.asarray(r.numpy() if isinstance(r, torch.Tensor) else r) for r in items]
 
 
 def _json_or_text(value: str):
@@ -282,7 +316,8 @@ def _json_or_text(value: str):
 
 def _onnx_bytes(module: nn.Module, example: torch.Tensor, metadata: dict) -> tuple[bytes, str]:
     """The serialised ModelProto with the deployment's metadata, and which exporter made it."""
-    model, exporter = onnx_model(module, example, INPUT_NAME, OUTPUT_NAME)
+    outputs = [OUTPUT_NAME, *UNKNOWN_OUTPUTS] if getattr(module, "unknown", None) is not None else OUTPUT_NAME
+    model, exporter = onnx_model(module, example, INPUT_NAME, outputs)
     del model.metadata_props[:]
     for key, value in metadata.items():
         entry = model.metadata_props.add()
@@ -297,7 +332,7 @@ def _onnx_runner(path: Path):
     ort = require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x.numpy()})[0]
+    return lambda x: _single(session.run(None, {name: x.numpy()}))
 
 
 def _write_torchscript(module: nn.Module, example: torch.Tensor, metadata: dict, path: Path) -> None:
@@ -312,4 +347,9 @@ def _torchscript_runner(path: Path):
     with quiet_known_warnings():
         loaded = torch.jit.load(str(path), map_location="cpu")
     loaded.eval()
-    return lambda x: loaded(x).numpy()
+    return lambda x: _single(_outputs(loaded(x)))
+
+
+def _single(outputs: list):
+    """The one output of a file without the unknown-image outputs, else all of them."""
+    return outputs[0] if len(outputs) == 1 else outputs

@@ -50,6 +50,9 @@ class ModelSpec:
     # the weight of each member's probabilities
     members: tuple = ()
     member_weights: tuple = ()
+    # {"scale": [...], "bias": [...], ...}: the calibration fitted after training (trust/calibration.py),
+    # applied to the logits inside the network; None before it is fitted
+    calibration: dict | None = None
 
     @property
     def backbones(self) -> list[str]:
@@ -87,6 +90,12 @@ class BuiltModel(NamedTuple):
 def build_model(spec: ModelSpec, load_weights: bool = True) -> BuiltModel:
     """The network `spec` describes. load_weights=False builds the structure only (random
     weights, no re-initialisation), for saved weights to fill."""
+    built = _build(spec, load_weights)
+    built.network.calibrate.set(spec.calibration)
+    return built
+
+
+def _build(spec: ModelSpec, load_weights: bool) -> BuiltModel:
     if spec.strategy == "ensemble":
         return _probability_ensemble(spec, load_weights)
     weights = spec.weights if load_weights else "none"

@@ -20,6 +20,7 @@ import jinja2
 import numpy as np
 
 from ..common.atomic import write_text
+from .trust import trust_section
 
 THUMBNAIL_PX = 160
 SPLIT_ORDER = ("train", "val", "test")
@@ -208,6 +209,13 @@ def _auto_section(metrics: dict) -> dict | None:
             "images": auto.get("choice_images"), "source": auto.get("choice_from")}
 
 
+def _trust(metrics: dict) -> dict | None:
+    section = trust_section(metrics)
+    if section and section["calibration"]:
+        section["calibration"]["diagram"] = data_uri(section["calibration"]["diagram"])
+    return section
+
+
 def _folds_section(metrics: dict) -> dict | None:
     """The folds of a --folds run, a row each, and their mean and sample std."""
     folds = metrics.get("folds")
@@ -243,7 +251,7 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
         score=(f"{split} accuracy {metrics[split]['accuracy']:.4f}" + (" (test-time augmented)" if metrics.get("tta")
                                                                       else "")) if split else "no held-out score",
         split=split, split_rows=_split_rows(metrics), folds=_folds_section(metrics), fit=fit,
-        auto=_auto_section(metrics),
+        auto=_auto_section(metrics), trust=_trust(metrics),
         skipped=metrics.get("skipped") or [],
         epochs=len(history), curves=data_uri(curves.read_bytes()) if history and curves.is_file() else None,
         confusion=data_uri(confusion_png(matrix, list(per_class))) if per_class and matrix is not None else None,

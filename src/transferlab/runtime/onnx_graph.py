@@ -94,7 +94,7 @@ def _dynamo(module, example, input_name, output_name, what):
     with quiet_known_warnings():
         program = torch.onnx.export(
             module, (example,), None, dynamo=True, opset_version=DYNAMO_OPSET, verbose=False,
-            input_names=[input_name], output_names=[output_name],
+            input_names=[input_name], output_names=_names(output_name),
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     return program.model_proto, f"torch.onnx dynamo (opset {DYNAMO_OPSET})"
 
@@ -103,6 +103,11 @@ def _legacy(onnx, module, example, input_name, output_name):
     buffer = io.BytesIO()
     with quiet_known_warnings():
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=LEGACY_OPSET,
-                          input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+                          input_names=[input_name], output_names=_names(output_name),
+                          dynamic_axes={input_name: {0: "batch"}, **{n: {0: "batch"} for n in _names(output_name)}})
     return onnx.load_from_string(buffer.getvalue()), f"torch.onnx legacy (opset {LEGACY_OPSET})"
+
+
+def _names(output_name) -> list[str]:
+    """One output's name, or several outputs' (a module returning a tuple)."""
+    return [output_name] if isinstance(output_name, str) else list(output_name)

@@ -29,6 +29,9 @@ from ..models.weights import WeightsInfo, packaged_installed
 from ..training.callbacks import Budget, Checkpoint, EpochLimits
 from ..training.fit import fingerprint
 from ..training.strategies import register_meta, resolve
+from ..trust.calibration import apply
+from ..models.compute import gflops
+from ..trust.unknown import EMBEDDER, fit_detector
 from .ensemble_selection import Selection, scores, select
 from .saved_candidates import FOLDER as CANDIDATES_FOLDER
 from .saved_candidates import SavedCandidates
@@ -89,7 +92,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             read_fitted, budget.started, save=checkpoint.save)
         spent_before = saved.spent_before if saved is not None else 0.0
         deadline = budget.started + budget.minutes * 60 - spent_before if plan is None else np.inf
-        options = {**self._fit_options(), "budget": None}
+        # The unknown-image detector is the final model's, fitted once below, not each candidate's.
+        options = {**self._fit_options(), "budget": None, "keep_known": 0.0}
 
         def make(changes: dict) -> ImageClassifier:
             return ImageClassifier(**{**options, **changes}, progress=self.progress)
@@ -97,7 +101,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         costs = Costs(len(train) + len(val), budget.reserve_images, cfg.image_size)
         search = Search(make, train, val, deadline, val_scores, costs,
                         [c for c in callbacks if not isinstance(c, (Budget, Checkpoint))], Budget, saved,
-                        reserve=lambda: self._refit_reserve(search.candidates))
+                        reserve=lambda: self._refit_reserve(search.candidates) + _detector_reserve(costs, cfg))
         try:
             candidates = (search.replay(plan["candidates"]) if plan is not None
                           else search.run(self._backbones()))
@@ -110,10 +114,13 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         oof = self._out_of_fold(done, whole, cfg.seed, deadline, costs, decisions)
         selection, allowed, rows = self._select(done, oof, len(train), whole, costs, deadline, decisions)
         members = self._refit(done, selection, whole, val, deadline, costs, cfg, make, decisions)
-        model = self._assemble(done, selection, members, cfg)
+        model = self._assemble(done, selection, members, cfg, rows)
         best = max(done, key=lambda c: (c.val_accuracy, -c.val_log_loss))
+        detector = fit_detector(whole.images, whole.labels, model.preprocess_, model.embedding(), cfg.keep_known,
+                                cfg.seed) if cfg.keep_known else None
         # Learned state, set only now that everything has succeeded.
         self.candidates_, self.ensemble_, self.best_estimator_, self.model_ = candidates, selection, best.model, model
+        self.unknown_ = detector
         self.plan_ = {"format": PLAN_FORMAT, "candidates": [c.plan() for c in done],
                       "decisions": {"out_of_fold": sorted(oof), "allowed": [c.name for c, ok in zip(done, allowed) if ok],
                                     "refit": {m.name: m.refit for m in members}}}
@@ -152,10 +159,13 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                 log.info(f"auto: {c.name} chosen on val alone: its out-of-fold fits need about {need:.0f} s")
                 continue
             extracted = c.model._features(whole.images, "features")
-            proba = out_of_fold(extracted.features, whole.labels[extracted.ok], len(whole.classes), info["C"], seed,
-                                FOLDS)
+            labels = whole.labels[extracted.ok]
+            proba = out_of_fold(extracted.features, labels, len(whole.classes), info["C"], seed, FOLDS)
             if proba is not None:
-                found[c.name] = (proba, extracted.ok)
+                # More held-out images than val alone: the candidate's calibration is fitted on them.
+                log_proba = np.log(np.clip(proba, 1e-300, None))
+                calibration = c.model.calibrate(log_proba, labels, "out-of-fold over train + val", seed)
+                found[c.name] = (apply(log_proba, calibration), extracted.ok)
         return found
 
     def _select(self, done: list[Candidate], oof: dict, n_train: int, whole: ImageSet, costs: Costs,
@@ -197,8 +207,10 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             allowed[dearest] = False
             selection = select(probas, labels, allowed=allowed)
         source = "out-of-fold over train + val" if everywhere else "the validation images"
+        mixture = sum(selection.weights[k] * probas[k] for k in selection.members)
         return selection, allowed, {"images": int(readable.sum()), "from": source,
-                                    "scores": {c.name: scores(p, labels) for c, p in zip(done, probas)}}
+                                    "scores": {c.name: scores(p, labels) for c, p in zip(done, probas)},
+                                    "mixture": (np.log(np.clip(mixture, 1e-300, None)), labels)}
 
     def _refit(self, done: list[Candidate], selection: Selection, whole: ImageSet, val: ImageSet, deadline: float,
                costs: Costs, cfg: RunConfig, make, decisions: dict | None) -> list[Member]:
@@ -217,7 +229,9 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
                 # A trained member keeps val for its (epoch-limited) early stopping; it trains on it too.
                 chosen_c = c.model.fit_info_.get("C")
                 again = {**c.options, "logistic_c": chosen_c} if chosen_c and not c.trains() else c.options
-                c.model = make(again).fit(whole, val=val if c.trains() else None, callbacks=extra)
+                # Its calibration was fitted on images its first fit held out; this fit holds none out.
+                c.model = make(again).fit(whole, val=val if c.trains() else None, callbacks=extra,
+                                          calibration=c.model.spec_.calibration)
                 log.info(f"auto: refitted {c.name} on all {len(whole)} training images "
                          f"({time.perf_counter() - begun:.0f} s)")
             else:
@@ -226,14 +240,18 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return members
 
     def _assemble(self, done: list[Candidate], selection: Selection, members: list[Member],
-                  cfg: RunConfig) -> ImageClassifier:
-        """One member: that candidate's classifier. Several: one network averaging their
-        probabilities with the selection's weights, saved and loaded like any run's."""
+                  cfg: RunConfig, rows: dict) -> ImageClassifier:
+        """One member: that candidate's classifier (calibrated by its own fit). Several: one
+        network averaging their calibrated probabilities with the selection's weights, saved and
+        loaded like any run's, and calibrated on the images the selection chose on (averages of
+        calibrated models are underconfident)."""
         chosen = [done[k].model for k in selection.members]
         if len(chosen) == 1:
             return chosen[0]
-        return ensemble_classifier(chosen, [m.weight for m in members], {**self._fit_options(), "budget": cfg.budget},
-                                   [m.name for m in members], cfg.seed)
+        model = ensemble_classifier(chosen, [m.weight for m in members], {**self._fit_options(), "budget": cfg.budget},
+                                    [m.name for m in members], cfg.seed)
+        model.calibrate(*rows["mixture"], fitted_on=rows["from"], seed=cfg.seed)
+        return model
 
     def _report(self, candidates, done, selection, members, rows, oof, cfg, seconds) -> dict:
         scored = rows["scores"]
@@ -273,8 +291,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
     def predict_proba(self, X, tta: bool = False) -> np.ndarray:
         return self._fitted().predict_proba(X, tta)
 
-    def predict(self, X, tta: bool = False) -> np.ndarray:
-        return self._fitted().predict(X, tta)
+    def predict(self, X, tta: bool = False, reject: bool = False) -> np.ndarray:
+        return ImageClassifier.predict(self, X, tta, reject)
 
     def predict_proba_readable(self, images, tta: bool = False):
         return self._fitted().predict_proba_readable(images, tta)
@@ -286,10 +304,24 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         return self._fitted().class_names()
 
     def save(self, directory, overwrite: bool = False):
-        return self._fitted().save(directory, overwrite)
+        return ImageClassifier.save(self, directory, overwrite)
 
     def write_model_files(self, directory) -> None:
         self._fitted().write_model_files(directory)
+        if self.unknown_ is not None:
+            self.unknown_.save(directory)
+
+    def unknown_score(self, X) -> np.ndarray:
+        return ImageClassifier.unknown_score(self, X)
+
+    def embedding(self):
+        return self._fitted().embedding()
+
+    def _detector(self):
+        return ImageClassifier._detector(self)
+
+    def _check_fitted(self) -> None:
+        self._fitted()
 
 
 def ensemble_classifier(models: list[ImageClassifier], weights: list[float], params: dict, names: list[str],
@@ -305,6 +337,15 @@ def ensemble_classifier(models: list[ImageClassifier], weights: list[float], par
         list(models[0].classes_),
         fit_info={"ensemble": [{"candidate": n, "weight": round(w, 4)} for n, w in zip(names, weights)]},
         skipped=sorted({s for m in models for s in m.skipped_}))
+
+
+def _detector_reserve(costs: Costs, cfg: RunConfig) -> float:
+    """Seconds to keep for the unknown-image detector: its backbone (in PyTorch) over the training
+    images and the held-out ones the run scores (nothing when a Lite0 candidate cached them, but
+    which model wins is not known before)."""
+    if not cfg.keep_known or costs.torch_unit is None:
+        return 0.0
+    return (costs.images + costs.scored_images) * gflops(EMBEDDER) * costs.torch_unit
 
 
 def _refit_decision(c: Candidate, deadline: float, scoring: float, refit_full: bool) -> str:

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from ..data.decode import UnreadableImage
 from ..errors import TransferlabError
 from ..inference.predict import top_classes
+from ..trust.unknown import UNKNOWN
 from .batcher import Batcher
 from .model import ServedModel
 from .uploads import Limits, RequestError, bool_param, number_param, read_upload
@@ -85,13 +86,20 @@ def create_app(model, limits: Limits | None = None, batch_size: int = 8, wait_ms
             batcher.announce(-(n - submitted))
             slots.give(n)
         predictions = []
-        for (name, _), proba in zip(upload.images, rows):
+        for (name, _), row in zip(upload.images, rows):
+            proba, distance = model.split(row)
             order = np.argsort(-proba, kind="stable")[:top_k]
-            predictions.append({
+            answer = {
                 "name": name,
+                "class": model.classes[order[0]],
                 "top": [{"class": model.classes[j], "probability": float(proba[j])} for j in order],
                 "probabilities": {c: float(p) for c, p in zip(model.classes, proba)},
-            })
+            }
+            if distance is not None:  # beyond the run's threshold: of no class the model knows
+                answer.update(unknown=distance > model.detector.threshold, unknown_score=round(distance, 6))
+                if answer["unknown"]:
+                    answer["class"] = UNKNOWN
+            predictions.append(answer)
         return JSONResponse({"predictions": predictions, "tta": tta, "engine": model.engine})
 
     async def explain(request: Request) -> Response:

@@ -21,6 +21,7 @@ from ..explain.gradcam import default_layer, gradcam_with_probabilities
 from ..explain.images import overlay
 from ..common.paths import cache_root
 from ..inference.probabilities import tta_decode_size, tta_views
+from ..trust.unknown import load_detector
 from ..models import saved
 from ..runtime.frozen import EXPORT_PAYS_BACK, resolve_runtime, whole_pass
 
@@ -52,19 +53,24 @@ class ServedModel:
             self.run, self.name, self.metrics = None, type(source).__name__, {}
             classes, self.preprocess, self.spec = source.class_names(), source.preprocess_, source.spec_
             network = source.network_
+            self.detector = getattr(source, "unknown_", None)
         else:
             self.run = Path(source)
             loaded = saved.load(self.run)  # checks every file of the run, naming a missing or damaged one
             self.name, self.metrics = self.run.name, _read_metrics(self.run)
             classes, self.preprocess, self.spec = loaded.classes, loaded.preprocess, loaded.spec
             network = loaded.network
+            self.detector = load_detector(self.run)
         self.classes = [str(c) for c in classes]
         self.network = network.eval().to(memory_format=torch.channels_last)
         self.threads = threads
         self.engine = "pytorch"
         self._session = self._pass = None
+        # The unknown-image detector (an image's distance to its nearest training image), run as
+        # `predict --reject` runs it; from the export's own outputs under --onnx.
+        self.unknown = self.detector.module() if self.detector is not None and not onnx else None
         if onnx:
-            self._session, self.onnx_file = _onnx_session(self.run, self.classes, threads)
+            self._session, self.onnx_file = _onnx_session(self.run, self.classes, threads, self.detector)
             self._input = self._session.get_inputs()[0].name
             self.engine = "onnx"
         else:
@@ -96,16 +102,30 @@ class ServedModel:
     # -- running the network ---------------------------------------------------------------------
 
     def probabilities(self, views: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (N, classes) float32 of (N, S, S, 3) uint8 views."""
+        """Softmax probabilities (N, classes) float32 of (N, S, S, 3) uint8 views; with an
+        unknown-image detector, one more column: each view's distance to its nearest training
+        image (`split` parts them)."""
         if self._session is not None:
             x = np.ascontiguousarray(views.transpose(0, 3, 1, 2), dtype=np.float32)
-            return self._session.run(None, {self._input: x})[0]
-        if self._pass is not None:
-            logits = self._pass(torch.from_numpy(views).permute(0, 3, 1, 2))
-            return torch.softmax(torch.from_numpy(logits), 1).numpy()
+            outputs = self._session.run(None, {self._input: x})
+            return outputs[0] if self.detector is None else np.concatenate([outputs[0], outputs[1][:, None]], 1)
+        x = torch.from_numpy(views).permute(0, 3, 1, 2)  # NHWC viewed as NCHW: channels_last
         with torch.inference_mode():
-            x = torch.from_numpy(views).permute(0, 3, 1, 2)  # NHWC viewed as NCHW: channels_last
-            return torch.softmax(self.network(x).float(), 1).numpy()
+            if self._pass is not None:
+                proba = torch.softmax(torch.from_numpy(self._pass(x)), 1).numpy()
+            else:
+                proba = torch.softmax(self.network(x).float(), 1).numpy()
+            if self.unknown is None:
+                return proba
+            distance = self.unknown(x)[0].numpy()
+        return np.concatenate([proba, distance[:, None].astype(proba.dtype)], 1)
+
+    def split(self, row: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(class probabilities, distance to the nearest training image or None) of one image's
+        row of `probabilities`."""
+        if self.detector is None:
+            return row, None
+        return row[:len(self.classes)], float(row[len(self.classes)])
 
     def explain(self, data: bytes, class_name: str | None, layer: str | None, alpha: float,
                 max_pixels: int) -> Explained:
@@ -141,6 +161,7 @@ class ServedModel:
             "transferlab_version": __version__,
             "score": {"split": self.metrics.get("score_split"), "accuracy": test.get("accuracy"),
                       "log_loss": test.get("log_loss"), "images": test.get("n")},
+            "unknown_threshold": None if self.detector is None else self.detector.threshold,
         }
 
 
@@ -152,7 +173,7 @@ def _read_metrics(run: Path) -> dict:
         return {}  # a model saved by ImageClassifier.save has no metrics: served without a score
 
 
-def _onnx_session(run: Path, classes: list[str], threads: int | None):
+def _onnx_session(run: Path, classes: list[str], threads: int | None, detector=None):
     """An onnxruntime session of RUN/model.onnx, exported (and so verified) first when missing."""
     try:
         import onnxruntime as ort
@@ -167,6 +188,9 @@ def _onnx_session(run: Path, classes: list[str], threads: int | None):
     elif read_metadata(path).get("classes") != classes:
         raise TransferlabError(f"'{path}' does not belong to this run (other classes): delete it and run "
                                f"`transferlab export {run} --format onnx`")
+    elif detector is not None and read_metadata(path).get("unknown_threshold") != detector.threshold:
+        raise TransferlabError(f"'{path}' was exported without this run's unknown-image detector: delete it and "
+                               f"run `transferlab export {run} --format onnx`")
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = False  # as runtime/frozen.py's sessions: Grad-CAM trains no slower beside it
     if threads:

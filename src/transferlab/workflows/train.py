@@ -36,6 +36,7 @@ from ..selection.auto import AutoClassifier  # noqa: F401 - registers auto's est
 from ..training import distributed
 from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
 from ..training.fit import resolve_device
+from .trust_scores import calibration_scores, unknown_scores
 from ..strategy_registry import strategy
 from ..training.strategies import meta_estimator, resolve
 
@@ -259,6 +260,7 @@ def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
 def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
                    started: float, cv: dict | None = None) -> dict:
     metrics, held_out = score_splits(clf, splits, config.tta)
+    metrics.update(trust_metrics(clf, held_out, splits.score_split))
     metrics["audit"] = audit_info
     if cv is not None:
         metrics["folds"] = cv
@@ -274,6 +276,20 @@ def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: 
     (path / CHECKPOINT).unlink(missing_ok=True)
     saved_candidates.discard(path)
     return metrics
+
+
+def trust_metrics(clf: ImageClassifier, held_out: tuple, split: str) -> dict:
+    """Calibration error before and after the run's calibration, and the unknown-image detector's
+    trade-off, on the score split (whose probabilities `held_out` holds)."""
+    images, labels, proba = held_out
+    if not len(labels):
+        return {}
+    found = {"calibration": calibration_scores(clf.spec_.calibration, labels, proba, split)}
+    detector = getattr(clf, "unknown_", None)
+    if detector is not None:
+        distances, ok, _ = detector.score(images, clf.embedding())
+        found["unknown"] = unknown_scores(detector, distances, labels[ok], proba[ok], split)
+    return found
 
 
 def _folds(config: RunConfig, splits: Splits) -> list[np.ndarray]:
