@@ -285,6 +285,10 @@ def test_the_default_image_classifier_is_auto_and_passes_through_to_its_model(sm
     images = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:2]
     assert (clf.predict_proba(images) == clf.search_.model_.predict_proba(images)).all()
     assert clf.classes_ == clf.search_.model_.classes_
+    # Calibrated by its own fit, the detector the search's (fitted once, for the final model).
+    assert clf.search_.model_.spec_.calibration["images"] > 0
+    assert clf.unknown_ is clf.search_.unknown_ and clf.unknown_.images == 20  # every image fit was given
+    assert all(getattr(c.model, "unknown_", None) is None for c in clf.search_.candidates_ if c.model is not None)
 
 
 class _CtrlC(transferlab.Callback):

@@ -36,7 +36,7 @@ from ..selection.auto import AutoClassifier  # noqa: F401 - registers auto's est
 from ..training import distributed
 from ..training.callbacks import CHECKPOINT, Budget, Callback, Checkpoint
 from ..training.fit import resolve_device
-from .trust_scores import calibration_scores, unknown_scores
+from .trust_scores import calibration_scores, trust_lines, unknown_scores
 from ..strategy_registry import strategy
 from ..training.strategies import meta_estimator, resolve
 
@@ -341,6 +341,8 @@ def _report(metrics: dict, splits: Splits, path: Path) -> None:
                     + (f"; and {len(skipped) - 5} more (all listed in metrics.json)" if len(skipped) > 5 else ""))
     split = splits.score_split
     log.info(format_metrics(metrics[split], f"{split} ({splits.origins[split]})"))
+    for line in trust_lines(metrics):
+        log.info(line)
     log.info(f"run saved to {path} ({metrics['seconds']:.1f} s)")
 
 

@@ -34,3 +34,19 @@ def unknown_scores(detector, distances: np.ndarray, labels: np.ndarray, proba: n
     return {"split": split, "threshold": detector.threshold, "keep": detector.keep,
             "kept": float((distances <= detector.threshold).mean()), "images": int(len(distances)),
             "trade_off": rows, **detector.to_dict()}
+
+
+def trust_lines(metrics: dict) -> list[str]:
+    """The summary's lines on calibration and unknown images."""
+    lines = []
+    calibration, unknown = metrics.get("calibration"), metrics.get("unknown")
+    if calibration and calibration.get("fitted"):
+        fitted = calibration["fitted"]
+        lines.append(f"calibration: {fitted['method']} (temperature {fitted['temperature']:.3g}), fitted on "
+                     f"{fitted['images']} images ({fitted['fitted_on']}); expected calibration error on "
+                     f"{calibration['split']} {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}")
+    if unknown:
+        lines.append(f"unknown images: distance threshold {unknown['threshold']:.3f} (keeps {unknown['keep']:.0%} of "
+                     f"the training images' held-out distances) kept {unknown['kept']:.1%} of {unknown['split']}; "
+                     "`transferlab predict RUN IMAGES --reject` answers unknown beyond it")
+    return lines

@@ -52,7 +52,10 @@ async function loadMetadata() {
 }
 
 function showBars(card, prediction) {
-  card.querySelector(".top1").textContent = prediction.top[0].class;
+  // An image of no class the run knows: said first, its closest classes still shown.
+  card.querySelector(".top1").textContent = prediction.unknown
+    ? `unknown (distance ${prediction.unknown_score.toFixed(3)}); closest: ${prediction.top[0].class}`
+    : prediction.top[0].class;
   const bars = card.querySelector(".bars");
   for (const entry of prediction.top) {
     const row = document.createElement("li");
