@@ -346,3 +346,29 @@ def test_the_new_options_fail_in_one_line_naming_themselves(tmp_path, capsys):
     assert main(["train", "--replay", str(run), "--resume", str(run)]) == 2
     assert "give one" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_candidate_of_the_other_view_without_out_of_fold_probabilities_does_not_stop_the_selection():
+    """The best sees images cropped, every cropped candidate has out-of-fold probabilities over
+    train + val, and a squashed trained one has val's alone: the selection runs on every row."""
+    from types import SimpleNamespace
+
+    from transferlab.data.types import ImageSet
+    from transferlab.selection.auto import AutoClassifier
+
+    rng = np.random.default_rng(0)
+    n_train, n = 30, 40
+    labels = rng.integers(0, 2, n)
+    whole = ImageSet([None] * n, labels, ["a", "b"])
+    right = np.eye(2)[labels] * 0.8 + 0.1
+
+    def candidate(name, resize, val_accuracy):
+        return SimpleNamespace(name=name, options={"resize": resize, "strategy": "features", "backbone": "x"},
+                               val_accuracy=val_accuracy, val_log_loss=0.3, val_ok=np.ones(n - n_train, bool),
+                               val_proba=right[n_train:])
+
+    done = [candidate("crop", "crop", 0.9), candidate("squash-finetune", "squash", 0.8)]
+    oof = {"crop": (right, np.ones(n, bool))}
+    costs = SimpleNamespace(scoring=lambda options, images=None: 0.0)
+    selection, allowed, rows = AutoClassifier()._select(done, oof, n_train, whole, costs, np.inf, None)
+    assert allowed == [True, False] and selection.members == [0] and rows["images"] == n

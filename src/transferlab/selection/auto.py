@@ -183,18 +183,19 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         n = len(whole)
         rows = np.arange(n) if everywhere else np.arange(n_train, n)
         full, readable = [], np.ones(len(rows), bool)
-        for c in done:
+        for c, may_join in zip(done, allowed):
+            # Every candidate's probabilities over all train + val rows (zeros where it has none:
+            # a candidate without out-of-fold ones has them for val alone).
+            spread, seen = np.zeros((n, len(whole.classes))), np.zeros(n, bool)
             if c.name in oof:
-                proba, ok = oof[c.name]
-                spread = np.zeros((n, proba.shape[1]))
-                spread[ok] = proba
-                full.append(spread[rows])
-                readable &= ok[rows]
+                proba, seen = oof[c.name]
+                spread[seen] = proba
             else:
-                spread = np.zeros((n - n_train, len(whole.classes)))
-                spread[c.val_ok] = c.val_proba
-                full.append(spread[rows - n_train])
-                readable &= c.val_ok
+                spread[n_train:][c.val_ok] = c.val_proba
+                seen[n_train:] = c.val_ok
+            full.append(spread[rows])
+            if may_join:  # one that may not join (another view) decides no rows
+                readable &= seen[rows]
         labels = whole.labels[rows][readable]
         probas = [p[readable] for p in full]
         selection = select(probas, labels, allowed=allowed)
