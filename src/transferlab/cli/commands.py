@@ -309,10 +309,12 @@ def activations(args: argparse.Namespace, progress: bool) -> None:
     print(f"{result['channels']} maps of {h}x{w} at {result['layer']} -> {result['png']}")
 
 
-@command("compare", "every config of a grid, once per seed: mean and std over seeds",
+@command("compare", "every config of a grid, once per seed: mean and std over seeds, intervals, a paired test",
          description="Run every config of a grid once per seed (resumable: finished runs are read back) and "
-                     "write comparison.csv, comparison.md, a chart and report.html. Options of train given "
-                     "here override the grid's base; what each config sets still wins.", run_options=COMPARE_OWNED, arguments=[
+                     "write comparison.csv, comparison.md, a chart and report.html: each config's test accuracy "
+                     "(mean, std, 95% interval) and, against the best, exact McNemar on the same test images. "
+                     "Options of train given here override the grid's base; what each config sets still wins.",
+         run_options=COMPARE_OWNED, arguments=[
              arg("data", help="folder, .csv, CIFAR archive or 'digits', as for train"),
              arg("--grid", required=True, help="YAML: base: {options}, grid: {key: [values]} (full product) "
                  "and/or configs: [{options}, ...]"),
@@ -324,7 +326,7 @@ def activations(args: argparse.Namespace, progress: bool) -> None:
                  "are GPUs, a share of the CPU cores otherwise (default 1: one process)")])
 def compare(args: argparse.Namespace, progress: bool) -> None:
     from ..api import compare as run_compare
-    from ..workflows.compare import markdown_table
+    from ..workflows.compare import markdown_table, paired_summary
 
     base = {f.name: getattr(args, f.name) for f in fields(RunConfig)
             if f.name not in COMPARE_OWNED and getattr(args, f.name, None) is not None}
@@ -332,6 +334,9 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
     result = run_compare(args.data, args.grid, args.seeds, args.out, args.name, args.first_seed, progress, args.jobs,
                          base=base, folds=folds)
     print(markdown_table(result.rows, result.varied), end="")
+    summary = paired_summary(result.rows, result.varied)
+    if summary:
+        print(summary)
     print(f"comparison: {result.path}")
     if not any(r["status"] == "ok" for r in result.rows):  # the table above still says why, row by row
         first = (result.rows[0]["error"].strip().splitlines() or ["no error recorded"])[0]
