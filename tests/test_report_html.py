@@ -36,8 +36,8 @@ def split_metrics(accuracy: float) -> dict:
 
 def run_metrics() -> dict:
     return {"score_split": "test", "strategy": "finetune", "val": split_metrics(0.8),
-            "test": split_metrics(0.75), "fit": {"best_epoch": 3, "best_val_loss": 0.52,
-                                                 "classifier": "mlp head", "lrs": [0.1, 0.01]},
+            "test": {**split_metrics(0.75), "accuracy_ci": [0.4677, 0.9111], "balanced_accuracy_ci": [0.5, 0.9]},
+            "fit": {"best_epoch": 3, "best_val_loss": 0.52, "classifier": "mlp head", "lrs": [0.1, 0.01]},
             "seconds": 12.5, "skipped": ["broken<1>.jpg"],
             "splits": {"train": {"images": 40, "from": "train/"},
                        "val": {"images": 12, "readable": 12, "from": "10% of train/"},
@@ -155,7 +155,9 @@ def test_run_report_escapes_names_and_paths(full_report):
 def test_run_report_content(full_report):
     page = " ".join(" ".join(parse(full_report).text).split())
     assert "pets-finetune" in page and "finetune" in page and "resnet18" in page
-    assert "test accuracy 0.7500" in page
+    assert "test accuracy 0.7500 (95% CI 0.468–0.911)" in page
+    assert "test 13 (12 readable) test/ 0.7500 (0.468–0.911) 0.7400 (0.500–0.900)" in page  # the split row
+    assert "val 12 10% of train/ 0.8000 0.7900" in page  # a run written before intervals: the score alone
     assert "true a<b>&c / predicted dog (93%)" in page
     assert "broken<1>.jpg" in page  # skipped files listed
     assert "best_epoch" in page and "best_val_loss" in page and "0.52" in page

@@ -34,8 +34,8 @@ def test_a_run_directory_holds_config_metrics_and_a_rebuildable_model(colours, t
     assert spec["classes"] == ["blue", "red"] and spec["preprocess"]["input_size"] == 32
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"score_split", "train", "val", "test", "splits", "fit", "seconds"}
-    assert {"accuracy", "log_loss", "per_class", "confusion_matrix"} <= set(metrics["test"])
-    assert "accuracy" in capsys.readouterr().out
+    assert {"accuracy", "accuracy_ci", "log_loss", "per_class", "confusion_matrix"} <= set(metrics["test"])
+    assert "95% CI" in capsys.readouterr().out  # train's summary gives the accuracy's interval
     # no temporary folder is left beside the run
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r1"]
 
@@ -71,6 +71,13 @@ def test_evaluate_scores_a_saved_run_on_other_data(colours, colour_folder, tmp_p
     assert metrics["n"] == 10 and metrics["split"] == "all"
     clf = ImageClassifier.load(tmp_path / "runs" / "r")
     assert metrics["accuracy"] == clf.score(str(other))
+    low, high = metrics["accuracy_ci"]
+    assert low <= metrics["accuracy"] <= high and f"(95% CI {low:.3f}-{high:.3f})" in capsys.readouterr().out
+    # the run keeps which test image it got right, for compare's paired test
+    run = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    record, test = run["predictions"], run["test"]
+    assert record["split"] == "test" and len(record["correct"]) == test["n"]
+    assert record["correct"].count("1") == round(test["accuracy"] * test["n"])
 
 
 @pytest.mark.slow

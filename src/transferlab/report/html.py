@@ -174,8 +174,13 @@ def _score_split(metrics: dict) -> str | None:
 
 
 def _metric(m: dict, key: str) -> str:
+    """A score, with its 95% interval beside it where metrics.json has one (`KEY_ci`; runs
+    written before intervals were kept show the score alone)."""
     value = m.get(key)
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "—"
+    if not isinstance(value, (int, float)):
+        return "—"
+    interval = m.get(f"{key}_ci")
+    return f"{value:.4f}" + (" ({:.3f}–{:.3f})".format(*interval) if interval else "")
 
 
 def _split_rows(metrics: dict) -> list[list[str]]:
@@ -190,6 +195,15 @@ def _split_rows(metrics: dict) -> list[list[str]]:
         rows.append([name, images, _fmt(info.get("from")),
                      *(_metric(m, k) for k in ("accuracy", "balanced_accuracy", "top5_accuracy", "log_loss"))])
     return rows
+
+
+def _headline(metrics: dict, split: str | None) -> str:
+    if not split:
+        return "no held-out score"
+    interval = metrics[split].get("accuracy_ci")
+    return (f"{split} accuracy {metrics[split]['accuracy']:.4f}"
+            + (" (95% CI {:.3f}–{:.3f})".format(*interval) if interval else "")
+            + (" (test-time augmented)" if metrics.get("tta") else ""))
 
 
 def _is_scalar(value) -> bool:
@@ -248,8 +262,7 @@ def write_run_report(run_dir: Path, config: dict, metrics: dict, history: list[d
         "run.html.j2", title=f"{run_dir.name} — transferlab run report", name=run_dir.name,
         strategy=config.get("strategy") or metrics.get("strategy") or "?",
         backbone=config.get("backbone") or "default backbone",
-        score=(f"{split} accuracy {metrics[split]['accuracy']:.4f}" + (" (test-time augmented)" if metrics.get("tta")
-                                                                      else "")) if split else "no held-out score",
+        score=_headline(metrics, split),
         split=split, split_rows=_split_rows(metrics), folds=_folds_section(metrics), fit=fit,
         auto=_auto_section(metrics), trust=_trust(metrics),
         skipped=metrics.get("skipped") or [],

@@ -1,8 +1,10 @@
 """`transferlab compare`: every config of a grid, once per seed, in one process, so decoded images
 and cached features are shared; resumable (finished runs are read back, interrupted ones
-continue); summarised as mean and standard deviation over seeds, because one seed lies. With
-`--folds K` every run cross-validates on its train split too, and configs are ranked by that
-validation accuracy (a choice made on validation data; the test score stays beside it)."""
+continue); summarised as mean and standard deviation over seeds, because one seed lies, with a
+95% interval of the accuracy and a paired test of the best config against each other one on the
+same test images. With `--folds K` every run cross-validates on its train split too, and configs
+are ranked by that validation accuracy (a choice made on validation data; the test score stays
+beside it)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ..config import COMPARE_OWNED as OWNED_KEYS
 from ..config import RunConfig
 from ..data.sources import Source, load_source
 from ..errors import TransferlabError
+from ..inference.intervals import paired_over_runs, wilson_interval
 from ..report.html import write_comparison_report
 from .parallel import run_in_workers
 from .train import check_data, train
@@ -35,8 +38,9 @@ log = logging.getLogger("transferlab")
 
 GRID_KEYS = ("base", "grid", "configs")
 CV_COLUMNS = ("cv_accuracy_mean", "cv_accuracy_std")  # only when the runs cross-validated
-METRIC_COLUMNS = ("test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "test_loss_std",
-                  "best_epoch", "train_seconds", "seeds", "status")
+METRIC_COLUMNS = ("test_accuracy_mean", "test_accuracy_std", "test_accuracy_ci_low", "test_accuracy_ci_high",
+                  "vs_best", "test_loss_mean", "test_loss_std", "best_epoch", "train_seconds", "seeds", "status")
+NO_PREDICTIONS = "no per-image predictions (runs made before transferlab kept them)"
 
 
 @dataclass
@@ -175,10 +179,11 @@ def compare(data: str, grid: str | Path, seeds: int = 3, out: str | Path = "comp
                 log.warning(f"config {ci + 1} ({labels[ci]}) failed: {error}")
                 break
             if result is not None:
-                results.append(result)
+                results.append({**result, "seed": seed})
         rows.append(_row(spec, values, results, error, path))
     cv = _with_cv_columns(rows)
     rows = _rank(rows, cv)
+    _against_best(rows)
     columns = spec.varied + (list(CV_COLUMNS) if cv else []) + list(METRIC_COLUMNS)
     _write_outputs(path, columns, rows, spec.varied, data_name)
     log.info(f"comparison of {len(rows)} configs x {seeds} seeds written to {path} "
@@ -239,20 +244,81 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _row(spec: Grid, values: dict, results: list[dict], error: str | None, path: Path) -> dict:
     scores = [r[r["score_split"]] for r in results]
     acc, acc_std = _mean_std([s["accuracy"] for s in scores])
+    low, high = _pooled_interval(scores)
     loss, loss_std = _mean_std([s["log_loss"] for s in scores])
     epochs = [r["fit"].get("best_epoch") for r in results if r["fit"].get("best_epoch")]
     seconds = [r["fit"].get("fit_seconds", r.get("seconds")) for r in results]
     row = {k: values.get(k, spec.base.get(k, getattr(RunConfig(), k, None))) for k in spec.varied}
-    row.update(test_accuracy_mean=acc, test_accuracy_std=acc_std, test_loss_mean=loss, test_loss_std=loss_std,
+    row.update(test_accuracy_mean=acc, test_accuracy_std=acc_std, test_accuracy_ci_low=low, test_accuracy_ci_high=high,
+               test_loss_mean=loss, test_loss_std=loss_std,
                best_epoch=_mean_std(epochs)[0] if epochs else None,
                train_seconds=_mean_std([s for s in seconds if s is not None])[0] if seconds else None,
                seeds=len(results), status="failed" if error else "ok", error=error or "",
-               runs=[str(r["run"].relative_to(path)) for r in results])
+               runs=[str(r["run"].relative_to(path)) for r in results],
+               predictions={r["seed"]: r.get("predictions") for r in results})  # until _against_best
     folds = [r["folds"] for r in results if r.get("folds")]
     if folds:  # over every fold of every seed: each is one validation score of the recipe
         row["cv_accuracy_mean"], row["cv_accuracy_std"] = _mean_std([a for f in folds for a in f["val_accuracy"]])
         row["cv_loss_mean"] = _mean_std([v for f in folds for v in f["val_log_loss"]])[0]
     return row
+
+
+def _pooled_interval(scores: list[dict]) -> tuple[float, float]:
+    """The Wilson interval of the accuracy pooled over seeds (right answers over images scored),
+    at one run's number of images. Not at the pooled number: every seed scores a folder's own
+    test/ again, and random splits redraw their test images from the same pool, so the pooled
+    count holds the same images several times and its interval would narrow with each seed
+    though no new image was seen. It covers which images were drawn; the std covers the seeds."""
+    counted = [s for s in scores if s.get("n")]
+    if not counted:
+        return math.nan, math.nan
+    correct = sum(round(s["accuracy"] * s["n"]) for s in counted)
+    return wilson_interval(correct / len(counted), sum(s["n"] for s in counted) / len(counted))
+
+
+def _against_best(rows: list[dict]) -> None:
+    """Each row's `vs_best`: how it fares against the best config on the same test images, by
+    exact McNemar over the seeds both ran (a seed's runs of two configs scored the same split).
+    Without --folds the best was picked by these very scores, which flatters it a little: a
+    p-value just under 0.05 is weak evidence."""
+    best = next((r for r in rows if r["best"]), None)
+    for r in rows:
+        r["vs_best"] = "best" if r is best else _paired(r, best) if best and r["status"] == "ok" else ""
+    for r in rows:
+        r.pop("predictions")
+
+
+def _paired(row: dict, best: dict) -> str:
+    records = [(row["predictions"][seed], best["predictions"][seed])
+               for seed in row["predictions"] if seed in best["predictions"]]
+    pairs = [(mine["images"], _correct(mine), _correct(theirs)) for mine, theirs in records
+             if mine and theirs and (mine["split"], mine["images"]) == (theirs["split"], theirs["images"])]
+    if not pairs:
+        kept = records and all(mine and theirs for mine, theirs in records)
+        return "not on the same test images" if kept else NO_PREDICTIONS
+    test = paired_over_runs(pairs)
+    return f"p={test.p_value:.2g} ({test.verdict})"
+
+
+def _correct(record: dict) -> list[bool]:
+    return [c == "1" for c in record["correct"]]
+
+
+def paired_summary(rows: list[dict], varied: list[str]) -> str | None:
+    """One line: which configs the paired test cannot tell from the best (None with no other)."""
+    best = next((r for r in rows if r["best"]), None)
+    others = [r for r in rows if r["status"] == "ok" and r is not best]
+    if best is None or not others:
+        return None
+    same = [_label(r, varied) for r in others if r["vs_best"].endswith("(not different)")]
+    untested = [_label(r, varied) for r in others if not r["vs_best"].startswith("p=")]
+    line = (f"not significantly different from the best ({_label(best, varied)}; exact McNemar on the same "
+            f"test images, p >= 0.05): {'; '.join(same) or 'none'}")
+    return line + (f"; not tested: {'; '.join(untested)}" if untested else "")
+
+
+def _label(row: dict, varied: list[str]) -> str:
+    return ", ".join(f"{k}={_fmt(row[k])}" for k in varied)
 
 
 def _with_cv_columns(rows: list[dict]) -> bool:
@@ -309,21 +375,26 @@ def _write_outputs(path: Path, columns: list[str], rows: list[dict], varied: lis
 
 def markdown_table(rows: list[dict], varied: list[str]) -> str:
     cv = any("cv_accuracy_mean" in r for r in rows)
-    head = varied + (["cv accuracy"] if cv else []) + ["test accuracy", "test loss", "best epoch", "train s",
-                                                       "seeds", ""]
+    head = varied + (["cv accuracy"] if cv else []) + ["test accuracy", "95% CI", "vs best", "test loss", "best epoch",
+                                                       "train s", "seeds", ""]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [_fmt(r[k]) for k in varied] + ([_plus_minus(r["cv_accuracy_mean"], r["cv_accuracy_std"])]
                                                  if cv else [])
         if r["status"] == "failed":
-            cells += ["failed", "", "", "", str(r["seeds"]), r["error"].replace("|", "\\|")]
+            cells += ["failed", "", "", "", "", "", str(r["seeds"]), r["error"].replace("|", "\\|")]
         else:
             cells += [
                 f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
+                _interval(r["test_accuracy_ci_low"], r["test_accuracy_ci_high"]), r["vs_best"],
                 f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}", _one_decimal(r["best_epoch"]),
                 _one_decimal(r["train_seconds"]), str(r["seeds"]), "**best**" if r["best"] else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f"{low:.3f}–{high:.3f}"
 
 
 def _plus_minus(mean: float, std: float) -> str:
@@ -339,7 +410,7 @@ def accuracy_chart(rows: list[dict], varied: list[str], target: Path) -> Path | 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    labels = [", ".join(f"{k}={_fmt(r[k])}" for k in varied) for r in ok]
+    labels = [_label(r, varied) for r in ok]
     fig = Figure(figsize=(8, 0.5 * len(ok) + 1.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -27,7 +27,7 @@ from ..data.decode import UnreadableImage, decode
 from ..data.sources import ImageSet, Source, load_source
 from ..data.split import Splits, split_source, stratified_folds
 from ..errors import Interrupted, TransferlabError
-from ..inference.metrics import compute_metrics, format_metrics
+from ..inference.metrics import compute_metrics, format_metrics, prediction_record
 from ..report.curves import plot_curves
 from ..report.html import GalleryItem, write_run_report
 from ..report.tensorboard import TensorBoard
@@ -348,8 +348,8 @@ def _report(metrics: dict, splits: Splits, path: Path) -> None:
 
 def score_splits(clf: ImageClassifier, splits: Splits, tta: bool = False) -> tuple[dict, tuple]:
     """Metrics on val and test (with `tta`, test-time augmented), and on train where that is
-    cheap (cached features); and the score split's (readable images, labels, probabilities) for
-    the report's gallery."""
+    cheap (cached features), with the score split's per-image record; and the score split's
+    (readable images, labels, probabilities) for the report's gallery."""
     metrics = {"score_split": splits.score_split, "strategy": clf.config_.strategy, "tta": tta, "splits": {},
                "fit": dict(clf.fit_info_)}
     skipped = list(clf.skipped_)
@@ -372,6 +372,8 @@ def score_splits(clf: ImageClassifier, splits: Splits, tta: bool = False) -> tup
         metrics[name] = compute_metrics(part.labels[ok], proba, names)
         if name == splits.score_split:
             held_out = ([im for im, good in zip(part.images, ok) if good], part.labels[ok], proba)
+            # per image, for compare's paired test of two configs on the same images
+            metrics["predictions"] = prediction_record(name, [im.name for im in held_out[0]], *held_out[1:])
     if hasattr(clf, "feature_counts_"):
         metrics["features"] = clf.feature_counts_
     metrics["skipped"] = skipped
