@@ -38,6 +38,9 @@ def test_expected_calibration_error_matches_a_hand_computation():
     # One image per bin: |0 - 0.6| (wrong at 0.6), |1 - 0.7|, |1 - 0.8|, |1 - 0.9|, averaged.
     assert reliability(proba, labels)["ece"] == pytest.approx((0.6 + 0.3 + 0.2 + 0.1) / 4)
     assert [b["images"] for b in reliability(proba, labels)["bins"]] == [1, 1, 1, 1]
+    from transferlab.inference.metrics import compute_metrics, format_metrics
+    scored = compute_metrics(labels, proba, ["a", "b"])
+    assert scored["ece"] == pytest.approx(0.3) and "ECE 0.3000" in format_metrics(scored, "test")
 
 
 def test_calibrated_probabilities_give_back_the_uncalibrated_ones_exactly():

@@ -7,12 +7,13 @@ import hashlib
 import numpy as np
 from sklearn import metrics as skm
 
+from ..trust.calibration import reliability
 from .intervals import balanced_accuracy_interval, wilson_interval
 
 
 def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Accuracy and balanced accuracy with their 95% intervals, top-5 (more than 5 classes), log
-    loss, per-class precision/recall/F1, confusion."""
+    loss, expected calibration error, per-class precision/recall/F1, confusion."""
     y_true = np.asarray(y_true)
     # float32 softmax rows sum to 1 only within 1e-7, more than scikit-learn's check allows
     proba = np.asarray(proba, dtype=np.float64)
@@ -30,6 +31,8 @@ def compute_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -
         "balanced_accuracy": float(r[support > 0].mean()) if support.any() else float("nan"),
         "accuracy_ci": _listed(wilson_interval(int((pred == y_true).sum()), len(y_true))),
         "balanced_accuracy_ci": _listed(balanced_accuracy_interval(y_true, pred)),
+        # how far the top probability strays from the accuracy (15 bins): the probabilities' honesty
+        "ece": float(reliability(proba, y_true)["ece"]),
     }
     if len(classes) > 5:
         out["top5_accuracy"] = float(skm.top_k_accuracy_score(y_true, proba, k=5, labels=labels))
@@ -63,7 +66,7 @@ def format_metrics(m: dict, split: str) -> str:
     head = f"{split}: {accuracy_text(m)}"
     if "top5_accuracy" in m:
         head += f"  top-5 {m['top5_accuracy']:.4f}"
-    head += f"  log loss {m['log_loss']:.4f}  ({m['n']} images)"
+    head += f"  log loss {m['log_loss']:.4f}" + (f"  ECE {m['ece']:.4f}" if "ece" in m else "") + f"  ({m['n']} images)"
     width = max(len("class"), *(len(c) for c in m["per_class"]))
     lines = [head, f"  {'class':<{width}}  precision  recall     f1  support"]
     for c, s in m["per_class"].items():
