@@ -175,3 +175,14 @@ def test_reject_without_a_detector_and_a_damaged_one_are_one_line_errors(run_and
     assert len(err.splitlines()) == 1 and "unknown.json" in err and "damaged" in err
     assert main(["-q", "train", str(data), "--keep-known", "1.5"]) != 0
     assert "keep" in capsys.readouterr().err
+
+
+def test_held_out_distances_are_each_images_distance_to_its_nearest_other_image():
+    from transferlab.trust.unknown import _leave_one_out, _unit
+
+    e = _unit(np.random.default_rng(4).normal(size=(120, 8)))
+    e[7] = e[3]  # a duplicate: its nearest other image is its copy, at distance 0
+    brute = [1 - max(float(e[i] @ e[j]) for j in range(120) if j != i) for i in range(120)]
+    got = _leave_one_out(e, np.arange(120))
+    assert np.abs(got - brute).max() < 1e-5 and got[3] == pytest.approx(0, abs=1e-6)
+    assert np.abs(_leave_one_out(e, np.array([5, 60])) - got[[5, 60]]).max() < 1e-6

@@ -38,6 +38,7 @@ EMBEDDER = "tf_efficientnet_lite0"
 KEEP = 0.95           # the default share of known images kept
 UNKNOWN = "unknown"   # what predict and serve answer for an image beyond the threshold
 BANK_LIMIT = 10_000   # training images kept as neighbours (a stratified draw beyond it): 25 MB in float16
+HELD_OUT_LIMIT = 5_000  # images whose held-out distance is read (a quantile needs no more; each costs a bank's products)
 FORMAT = 1
 JSON_FILE, BANK_FILE = "unknown.json", "unknown.safetensors"
 # The trade-off the report shows: known images kept at each of these shares of held-out distances.
@@ -173,7 +174,7 @@ def fit_detector(images: list[ImageRef], labels: np.ndarray, pre: Preprocess, se
     e, y = _unit(ex.features), np.asarray(labels)[ex.ok]
     if len(e) < 2:
         return None
-    held = _leave_one_out(e)
+    held = _leave_one_out(e, _draw(y, HELD_OUT_LIMIT, seed))
     keepers = _draw(y, BANK_LIMIT, seed)
     quantiles = {f"{q:g}": round(float(np.quantile(held, q, method="higher")), 6) for q in KEEP_GRID}
     return UnknownDetector(e[keepers].astype(np.float16), float(np.quantile(held, keep, method="higher")), keep,
@@ -208,13 +209,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _leave_one_out(e: np.ndarray) -> np.ndarray:
-    """Each row's distance to its nearest other row."""
-    out = np.empty(len(e), np.float32)
-    for i in range(0, len(e), 2048):
-        sims = e[i:i + 2048] @ e.T
-        rows = np.arange(len(sims))
-        sims[rows, i + rows] = -np.inf
+def _leave_one_out(e: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The distance of each of `rows` to its nearest other row of `e`."""
+    out = np.empty(len(rows), np.float32)
+    for i in range(0, len(rows), 2048):
+        part = rows[i:i + 2048]
+        sims = e[part] @ e.T
+        sims[np.arange(len(part)), part] = -np.inf
         out[i:i + 2048] = 1.0 - sims.max(1)
     return out
 
