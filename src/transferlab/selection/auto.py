@@ -30,7 +30,7 @@ from ..training.callbacks import Budget, Checkpoint, EpochLimits
 from ..training.fit import fingerprint
 from ..training.strategies import register_meta, resolve
 from ..trust.calibration import apply
-from ..models.compute import gflops
+from ..models.compute import gflops, native_size
 from ..trust.unknown import EMBEDDER, fit_detector
 from .ensemble_selection import Selection, scores, select
 from .saved_candidates import FOLDER as CANDIDATES_FOLDER
@@ -101,7 +101,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator, FitOptions):
         costs = Costs(len(train) + len(val), budget.reserve_images, cfg.image_size)
         search = Search(make, train, val, deadline, val_scores, costs,
                         [c for c in callbacks if not isinstance(c, (Budget, Checkpoint))], Budget, saved,
-                        reserve=lambda: self._refit_reserve(search.candidates) + _detector_reserve(costs, cfg))
+                        reserve=lambda: self._refit_reserve(search.candidates)
+                        + _detector_reserve(search.candidates, costs, cfg))
         try:
             candidates = (search.replay(plan["candidates"]) if plan is not None
                           else search.run(self._backbones()))
@@ -340,13 +341,18 @@ def ensemble_classifier(models: list[ImageClassifier], weights: list[float], par
         skipped=sorted({s for m in models for s in m.skipped_}))
 
 
-def _detector_reserve(costs: Costs, cfg: RunConfig) -> float:
-    """Seconds to keep for the unknown-image detector: its backbone (in PyTorch) over the training
-    images and the held-out ones the run scores (nothing when a Lite0 candidate cached them, but
-    which model wins is not known before)."""
+def _detector_reserve(candidates: list[Candidate], costs: Costs, cfg: RunConfig) -> float:
+    """Seconds to keep for the unknown-image detector: its backbone (in PyTorch) over the held-out
+    images the run scores, and over the training images unless the best candidate so far sees
+    them as a Lite0 features candidate cached them (the embedder's own input: nothing to run)."""
     if not cfg.keep_known or costs.torch_unit is None:
         return 0.0
-    return (costs.images + costs.scored_images) * gflops(EMBEDDER) * costs.torch_unit
+    done = [c for c in candidates if c.status == "ok"]
+    best = max(done, key=lambda c: (c.val_accuracy, -c.val_log_loss), default=None)
+    cached = best is not None and best.options.get("image_size") in (None, native_size(EMBEDDER)) and \
+        best.options.get("resize", "crop") == "crop" and best.options.get("backbone") == EMBEDDER
+    images = costs.scored_images + (0 if cached else costs.images)
+    return images * gflops(EMBEDDER) * costs.torch_unit
 
 
 def _refit_decision(c: Candidate, deadline: float, scoring: float, refit_full: bool) -> str:
