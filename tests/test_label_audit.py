@@ -1,8 +1,10 @@
 """Suspected label errors: images put under the wrong class are ranked first with the class they
-belong to."""
+belong to; `train --exclude` and `--relabel` take the audit's CSV (or a user's) back, change train
+and val as it says and never test, and a bad file is one line before anything slow runs."""
 
 import csv
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -11,6 +13,10 @@ import pytest
 import transferlab
 from transferlab.audit.labels import check_features, find_label_issues
 from transferlab.cli import main
+from transferlab.config import RunConfig
+from transferlab.data.sources import load_source
+from transferlab.errors import TransferlabError
+from transferlab.workflows.train import _splits, edited_splits
 
 CLASSES = ("red", "green", "blue")
 
@@ -99,3 +105,122 @@ def test_audit_labels_ranks_the_misfiled_images_first_with_the_class_they_belong
     # The same from Python: the result object.
     found = transferlab.api.audit(misfiled, near=False, labels=True, out=tmp_path / "again", progress=False)
     assert {i.suggested for i in found["label_issues"].issues[:2]} == {"red", "blue"}
+
+
+@pytest.mark.slow
+def test_train_warns_in_one_line_when_many_train_labels_look_wrong(misfiled, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="transferlab"):
+        run = transferlab.train(misfiled, strategy="features", out=tmp_path / "runs", progress=False)
+    [line] = [r.getMessage() for r in caplog.records if "look mislabelled" in r.getMessage()]
+    assert line.startswith("2 images of train look mislabelled (e.g. ") and "--labels" in line
+    checked = json.loads((run.path / "metrics.json").read_text())["label_check"]
+    assert checked["confident"] == 2 and checked["images"] == 30
+
+
+@pytest.mark.slow
+def test_train_takes_the_audits_csv_back_as_edited(misfiled, tmp_path, caplog):
+    out = tmp_path / "audit"
+    transferlab.api.audit(misfiled, near=False, labels=True, out=out, progress=False)
+    with open(out / "label_issues.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["action"], rows[1]["action"] = "relabel", "exclude"  # the rows marked exclude leave, one moves
+    edited = tmp_path / "edited.csv"
+    with open(edited, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        run = transferlab.train(misfiled, strategy="features", out=tmp_path / "runs", progress=False,
+                                exclude=str(edited), relabel=str(edited))
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["label_edits"]["relabelled"] == 1 and metrics["label_edits"]["excluded"] == len(rows) - 1
+    assert metrics["label_check"]["images"] == 30 - (len(rows) - 1)
+    assert "test is never changed" in caplog.text
+    assert not any("look mislabelled" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------- --exclude, --relabel
+
+@pytest.fixture
+def folders(tmp_path, colour_folder):
+    root = tmp_path / "colours"
+    colour_folder(root / "train", CLASSES, 10, size=32)
+    colour_folder(root / "test", CLASSES, 3, size=32, noise=31)  # other pixels than train's
+    return root
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def _names(part):
+    return {im.name for im in part.images} if part is not None else set()
+
+
+def test_exclude_and_relabel_change_train_and_val_and_never_test(folders, tmp_path, caplog):
+    source = load_source(folders)
+    before, _ = edited_splits(RunConfig(data=str(folders), strategy="features"), source)
+    red0, green3, test0 = (str(folders / "train" / "red" / "0.png"), str(folders / "train" / "green" / "3.png"),
+                           str(folders / "test" / "blue" / "0.png"))
+    exclude = _write(tmp_path / "x.csv", f"path\n{red0}\ntest/blue/0.png\nnowhere.png\n")
+    relabel = _write(tmp_path / "r.csv", f"path,label\ntrain/green/3.png,blue\n{test0},red\n")
+    config = RunConfig(data=str(folders), strategy="features", exclude=exclude, relabel=relabel)
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        _, after, _, edits = _splits(config)
+    assert red0 in _names(before.train) | _names(before.val) and red0 not in _names(after.train) | _names(after.val)
+    assert len(after.train) + len(after.val) == len(before.train) + len(before.val) - 1
+    where = "train" if green3 in _names(after.train) else "val"
+    part = getattr(after, where)
+    assert part.classes[part.labels[part.images.index(next(im for im in part.images if im.name == green3))]] == "blue"
+    # Test is the score: never dropped, never relabelled, whatever the files say.
+    assert _names(after.test) == _names(before.test) and np.array_equal(after.test.labels, before.test.labels)
+    assert edits.to_dict() == {"excluded": 1, "relabelled": 1, "not_in_data": 1, "in_test": 2,
+                               "files": {"exclude": exclude, "relabel": relabel}}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == f"--exclude '{exclude}': 1 listed path(s) are not images of {folders}, e.g. 'nowhere.png': ignored"
+    assert "test is never changed (2 listed image(s) of test left as they are)" in caplog.text
+
+
+def test_the_action_column_decides_what_each_option_takes(folders, tmp_path):
+    rows = "path,given,suggested,self_confidence,action\n" + "".join(
+        f"train/red/{i}.png,red,blue,0.01,{action}\n" for i, action in enumerate(("exclude", "relabel", "keep")))
+    csv_file = _write(tmp_path / "label_issues.csv", rows)
+    config = RunConfig(data=str(folders), strategy="features", exclude=csv_file, relabel=csv_file)
+    splits, edits = edited_splits(config, load_source(folders))
+    labels = {im.name: splits.train.classes[y] for part in (splits.train, splits.val) for im, y in
+              zip(part.images, part.labels)}
+    red = folders / "train" / "red"
+    assert str(red / "0.png") not in labels and labels[str(red / "1.png")] == "blue" and labels[str(red / "2.png")] == "red"
+    assert (edits.excluded, edits.relabelled) == (1, 1)
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("file,label\nx.png,red\n", ["has no 'path' column", "its header: file, label"]),
+    ("path,label\ntrain/red/0.png,purple\n", ["row 2: label 'purple' is not a class of the data: give one of blue, green, red"]),
+    ("path,action\ntrain/red/0.png,delete\n", ["row 2: action 'delete' is not one of exclude, relabel, keep"]),
+])
+def test_a_bad_file_is_one_line_naming_it_before_a_run_folder_exists(folders, tmp_path, capsys, text, needles):
+    bad = _write(tmp_path / "bad.csv", text)
+    option = "--relabel" if "label" in text.splitlines()[0] else "--exclude"
+    runs = tmp_path / "runs"
+    assert main(["train", str(folders), "--strategy", "features", option, bad, "--out", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {option} '{bad}'") and "\n" not in err, err
+    assert all(n in err for n in needles), err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_missing_file_is_refused_before_torch_loads(tmp_path, capsys):
+    assert main(["train", "digits", "--exclude", str(tmp_path / "gone.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --exclude {tmp_path / 'gone.csv'} is not a file: give a CSV") and "\n" not in err
+    with pytest.raises(TransferlabError, match="--relabel"):
+        RunConfig(relabel=str(tmp_path / "gone.csv")).validate()
+
+
+def test_excluding_every_image_of_a_class_is_refused_in_one_line(folders, tmp_path):
+    rows = "path\n" + "".join(f"train/blue/{i}.png\n" for i in range(10))
+    config = RunConfig(data=str(folders), strategy="features", exclude=_write(tmp_path / "x.csv", rows))
+    with pytest.raises(TransferlabError, match="leaves class 'blue' with no training image"):
+        edited_splits(config, load_source(folders))
