@@ -33,7 +33,7 @@ def test_the_parameters_are_explicit_keywords_named_like_the_options():
     assert {n: p.default for n, p in signature.parameters.items()} == {**options, "progress": True}
     # every option of `transferlab train` is a parameter or says where the data and outputs are
     run_only = {f.name for f in fields(RunConfig)} - set(options)
-    assert run_only == {"data", "val_fraction", "test_fraction", "classes", "dedupe", "cifar_labels",
+    assert run_only == {"data", "val_fraction", "test_fraction", "classes", "dedupe", "cifar_labels", "exclude", "relabel",
                         "out", "name", "tensorboard", "tta", "folds"}
     with pytest.raises(TypeError):
         ImageClassifier(learning_rate=0.1)

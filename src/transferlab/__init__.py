@@ -12,6 +12,7 @@ _EXPORTS = {
     "list_backbones": "models.backbones", "train": "api", "evaluate": "api", "demo": "api",
     "layers": "api", "compare": "api", "lr_find": "api", "predict": "inference.predict",
     "export": "inference.export", "read_metadata": "inference.export", "serve": "serving.server", "Callback": "training.callbacks",
+    "find_label_issues": "audit.labels", "LabelIssues": "audit.labels",
 }
 __all__ = sorted(_EXPORTS)
 

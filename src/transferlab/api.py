@@ -39,7 +39,8 @@ def audit(data: str | None = None, threshold: float | None = None, near: bool = 
           out: str | Path | None = None, run: str | Path | None = None, progress: bool = True,
           **options) -> dict:
     """Duplicates, leakage, label conflicts, class counts and odd images of `data` (or of `run`'s
-    data and splits); writes audit.json and audit.html. See transferlab.audit.audit."""
+    data and splits); with `labels=True` also suspected label errors (`result["label_issues"]`,
+    a LabelIssues); writes audit.json and audit.html. See transferlab.audit.audit."""
     from .audit import DEFAULT_THRESHOLD
     from .audit import audit as run_audit
 

@@ -160,6 +160,12 @@ class RunConfig(FitOptions):
     dedupe: bool = opt(False, "drop val/test images that are exact copies of images in an earlier split "
                               "(keeping the train copy); metrics.json lists them", "data")
     cifar_labels: str = opt("fine", "CIFAR-100: fine or coarse labels", "data", CIFAR_LABELS)
+    exclude: str | None = opt(None, "a CSV with a path column (such as the label_issues.csv of `transferlab audit "
+                                    "DATA --labels`): those images are left out of train and val (with an action "
+                                    "column, the rows marked exclude); test is never changed", "data")
+    relabel: str | None = opt(None, "a CSV of path,label (or label_issues.csv: the rows marked relabel get their "
+                                    "suggested label): those train and val images get that label; test is never "
+                                    "changed", "data")
     out: str = opt("runs", "folder for run directories", "output")
     name: str | None = opt(None, "run directory name (default DATA-STRATEGY-TIME)", "output")
     tensorboard: bool = opt(False, "also write TensorBoard event files (run/tensorboard/) each epoch", "output")
@@ -192,6 +198,11 @@ class RunConfig(FitOptions):
             if value not in WEIGHT_SOURCES and not Path(value).expanduser().is_file():
                 raise TransferlabError(f"--{key} '{value}' is not a file and not one of {', '.join(WEIGHT_SOURCES)}: "
                                        "give a .safetensors or PyTorch state-dict file, or auto, hub or none")
+        for key in ("exclude", "relabel") if check_files else ():
+            value = getattr(self, key)
+            if value is not None and not Path(str(value)).expanduser().is_file():
+                bad(key, "is not a file: give a CSV with a path column, such as the label_issues.csv that "
+                         "`transferlab audit DATA --labels` writes")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
             bad("device", "is not auto, cpu, cuda or cuda:N")
         for key in ("epochs", "head_epochs", "patience"):

@@ -1,5 +1,6 @@
 """The data audit: duplicates, leakage across splits, label conflicts, class balance and odd
-images of a data set, on the splits `train` would use; reported as a table, audit.json and HTML.
+images of a data set, on the splits `train` would use, and with `labels` the images whose label
+looks wrong; reported as a table, audit.json, label_issues.csv and HTML.
 
 `audit()` is the whole audit (what `transferlab audit` runs); `duplicates.pre_training_check`
 is its cheap part, which `train` (and so `compare`) runs before every training run.
@@ -28,12 +29,13 @@ from .near import DEFAULT_THRESHOLD, PIXEL_THRESHOLD
 log = logging.getLogger("transferlab")
 
 __all__ = ["audit", "DEFAULT_THRESHOLD"]
+ISSUES_CSV = "label_issues.csv"
 LIMITS = {"unreadable": "skipped by train", "tiny": f"shorter side < {TINY_SIDE} px",
           "huge": f"> {HUGE_PIXELS / 1e6:g} megapixels", "odd_aspect": f"longer side > {ODD_ASPECT:g}x shorter"}
 
 
 def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near: bool = True,
-          out: str | Path | None = None, run: str | Path | None = None,
+          labels: bool = False, out: str | Path | None = None, run: str | Path | None = None,
           val_fraction: float | None = None, test_fraction: float | None = None, seed: int | None = None,
           classes: str | None = None, cifar_labels: str | None = None, backbone: str | None = None,
           cache_dir: str | None = None, feature_cache: bool = True, batch_size: int = 32,
@@ -41,7 +43,10 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
     """Audit `data` (or the data of `run`) and write audit.json and audit.html to `out` (default
     audits/<data name>/); with `run`, also audit.json into the run and an Audit section into its
     report.html. Split options default to the run's config, else to train's defaults.
-    Returns the JSON-able findings (what audit.json holds)."""
+    `labels`: also the suspected label errors of train and val (audit/labels.py), in audit.json's
+    `labels` and in label_issues.csv, a file `train --exclude` and `--relabel` read back.
+    Returns the JSON-able findings (what audit.json holds); with `labels`, the check's result
+    object is `result["labels"]`'s source, returned as `result["label_issues"]` (not written)."""
     started = time.perf_counter()
     if not 0 < threshold <= 1:
         raise TransferlabError(f"--threshold {threshold} is outside (0, 1]: give a cosine such as {DEFAULT_THRESHOLD}")
@@ -76,16 +81,30 @@ def audit(data: str | None = None, *, threshold: float = DEFAULT_THRESHOLD, near
         "conflicts": check.group_records(check.conflict_groups),
     }
     _image_findings(result, items, inspected, names)
+    crop = None
     if near:
         t = time.perf_counter()
-        _near(result, check, inspected, threshold, backbone, cache_dir, feature_cache, batch_size, progress)
+        crop = _near(result, check, inspected, threshold, backbone, cache_dir, feature_cache, batch_size, progress)
         timings["near"] = time.perf_counter() - t
     else:
         result["near_duplicates"], result["near_total"] = None, None
+    issues = None
+    if labels:
+        from .label_check import label_check
+
+        t = time.perf_counter()
+        issues = label_check(check, crop, backbone, cache_dir, feature_cache, batch_size, progress, settings["seed"])
+        result["labels"] = issues.to_dict() if issues is not None else {"skipped": "a class of train and val has "
+                                                                      "fewer than two readable images"}
+        timings["labels"] = time.perf_counter() - t
+    else:
+        result["labels"] = None
     result["findings"] = findings(result)
     timings["total"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    _write(result, out, run, {it.ref.name: it.ref for it in items})
+    _write(result, out, run, {it.ref.name: it.ref for it in items}, issues)
+    if issues is not None:
+        result["label_issues"] = issues
     return result
 
 
@@ -119,9 +138,14 @@ def _same_data(given: str, trained: str) -> bool:
     return Path(given).expanduser().resolve() == Path(trained).expanduser().resolve()
 
 
-def _write(result: dict, out: Path, run, refs: dict) -> None:
-    """audit.json and audit.html in `out`; with a run, audit.json and an Audit section there too."""
+def _write(result: dict, out: Path, run, refs: dict, issues=None) -> None:
+    """audit.json and audit.html in `out` (and label_issues.csv with the label check); with a run,
+    audit.json and an Audit section there too."""
     result["written"] = [str(out / "audit.json"), str(out / "audit.html")]
+    if issues is not None:
+        from .label_check import write_issues_csv
+
+        result["written"].append(str(write_issues_csv(out / ISSUES_CSV, issues, result["root"])))
     section = report.html_section(result, refs)
     if run is not None:
         result["written"].append(str(Path(run) / "audit.json"))
@@ -152,7 +176,8 @@ def _image_findings(result: dict, items, inspected, classes: list[str]) -> None:
 
 
 def _near(result: dict, check, inspected, threshold: float, backbone, cache_dir, feature_cache,
-          batch_size: int, progress: bool) -> None:
+          batch_size: int, progress: bool):
+    """The near-duplicate pairs into `result`; returns the features (the label check reuses them)."""
     from .near import backbone_features, near_pairs
 
     items = check.items
@@ -176,6 +201,7 @@ def _near(result: dict, check, inspected, threshold: float, backbone, cache_dir,
                        "cross_split": a["split"] != b["split"], "conflict": a["label"] != b["label"]})
     result["near_duplicates"], result["near_total"] = listed, max(total, len(listed))
     result["features"] = {"backbone": feats.backbone, "computed": feats.computed, "cached": feats.cached}
+    return feats
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
@@ -212,6 +238,12 @@ def findings(result: dict) -> list[str]:
                             ("odd_aspect", "odd-aspect image", "odd-aspect images")):
         if result[kind]:
             lines.append(f"{_count(len(result[kind]), one, many)} ({LIMITS[kind]})")
+    checked = result.get("labels") or {}
+    if checked.get("flagged"):
+        top = checked["issues"][0]
+        lines.append(f"suspected label errors: {checked['flagged']} ({checked['share']:.1%} of train and val), top: "
+                     f"{report.short(top['path'], result['root'])} {top['given']} -> {top['suggested']} "
+                     f"({top['suggested_probability']:.2f})")
     grey = result["grayscale"]
     if 0 < grey["images"] < sum(s["images"] for s in result["splits"].values()) - len(result["unreadable"]):
         lines.append(f"{grey['images']} grayscale image(s) among colour ones ({grey['share']:.1%})")

@@ -46,8 +46,9 @@ class Features:
 
 def backbone_features(images: list[ImageRef], backbone: str | None = None, weights: str = "auto",
                       cache_dir: str | None = None, feature_cache: bool = True, batch_size: int = 32,
-                      progress: bool = True, runtime: str = "auto") -> Features:
-    """Pooled, L2-normalised features of every readable image, through the feature cache."""
+                      progress: bool = True, runtime: str = "auto", resize: str = "crop") -> Features:
+    """Pooled, L2-normalised features of every readable image, through the feature cache;
+    `resize` is the view (crop or squash), cached as a `features` run with it caches it."""
     from ..common.paths import cache_root
     from ..config import RunConfig
     from ..features.extract import extractor_key, frozen_features
@@ -55,13 +56,14 @@ def backbone_features(images: list[ImageRef], backbone: str | None = None, weigh
     from ..training.strategies import resolve
 
     # The `features` strategy's own resolution: the same backbone, weights, input size and resize.
-    cfg = resolve(RunConfig(strategy="features", backbone=backbone, weights=weights))
+    cfg = resolve(RunConfig(strategy="features", backbone=backbone, weights=weights, resize=resize))
     built = build_model(ModelSpec(backbone=cfg.backbone, weights=cfg.weights, image_size=cfg.image_size,
                                   resize=cfg.resize, seed=cfg.seed))
     cache = cache_root(cache_dir) if feature_cache else None
     key = extractor_key(cfg.backbone, built.weights.identity, built.preprocess)
     ex = frozen_features(built.network.eval(), images, built.preprocess, key, cache, runtime,
-                         batch_size=batch_size, progress=progress, desc="audit features")
+                         batch_size=batch_size, progress=progress,
+                         desc="audit features" if resize == "crop" else f"audit features ({resize})")
     vectors = ex.features.astype(np.float32)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return Features(vectors, ex.ok, ex.failures, cfg.backbone, ex.computed, ex.cached)

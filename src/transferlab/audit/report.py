@@ -1,5 +1,6 @@
 """The audit as people read it: a table in the terminal, and an HTML section (a page of its own,
-and a section of a run's report.html) with thumbnails of the flagged images side by side."""
+and a section of a run's report.html) with thumbnails of the flagged images side by side, and of
+each suspected label error beside typical images of its given and its suggested class."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .images import HUGE_PIXELS, ODD_ASPECT, TINY_SIDE
 LISTED = 20       # lines per list in the terminal
 THUMBNAILS = 24   # flagged groups or pairs shown as pictures
 THUMB_PX = 120
+LABEL_ROWS = 30   # suspected label errors shown as pictures
 SECTION = re.compile(r'<section id="audit">.*?</section>', re.S)
 
 
@@ -61,7 +63,8 @@ def format_table(result: dict) -> str:
             (f"tiny (shorter side < {TINY_SIDE} px)", len(result["tiny"])),
             (f"huge (> {HUGE_PIXELS / 1e6:g} megapixels)", len(result["huge"])),
             (f"odd aspect (longer side > {ODD_ASPECT:g}x shorter)", len(result["odd_aspect"])),
-            ("grayscale", f"{grey['images']} ({grey['share']:.1%})")]
+            ("grayscale", f"{grey['images']} ({grey['share']:.1%})"),
+            ("suspected label errors (train and val)", _label_count(result.get("labels")))]
     lines += [f"{label:<50}{value!s:>7}" for label, value in rows]
 
     def listing(title: str, entries: list[str], total: int) -> None:
@@ -88,6 +91,10 @@ def format_table(result: dict) -> str:
     for kind in ("tiny", "huge", "odd_aspect"):
         listing(f"{kind.replace('_', ' ')}:", [f"{short(x['name'], root)} ({x['width']}x{x['height']})"
                                               for x in result[kind]], len(result[kind]))
+    issues = (result.get("labels") or {}).get("issues") or []
+    listing("suspected label errors, most suspect first (given -> suggested, out-of-fold probabilities):",
+            [f"{short(i['path'], root)}  {i['given']} ({i['self_confidence']:.2f}) -> {i['suggested']} "
+             f"({i['suggested_probability']:.2f})" for i in issues], len(issues))
     lines.append("")
     lines.append("findings: " + ("; ".join(result["findings"]) if result["findings"] else "none"))
     return "\n".join(lines) + "\n"
@@ -97,19 +104,55 @@ def _num(value) -> str:
     return "  -  " if value is None else f"{value:.3f}"
 
 
+def _label_count(labels: dict | None) -> str:
+    if labels is None:
+        return "off"
+    if "skipped" in labels:
+        return "skipped"
+    return f"{labels['flagged']} ({labels['share']:.1%})"
+
+
 # ---------------------------------------------------------------------------- html
+
+def _thumb(name: str, refs: dict) -> tuple[str | None, bool]:
+    """(the image's thumbnail as a data URI, whether it could not be read); (None, False) when
+    the audit has no such image to show."""
+    ref = refs.get(name)
+    if ref is None:
+        return None, False
+    try:
+        return data_uri(thumbnail_png(decode(ref.source, THUMB_PX), THUMB_PX)), False
+    except (UnreadableImage, OSError):
+        return None, True
+
 
 def _figure(image: dict, refs: dict, root: str) -> dict:
     """A flagged image as the section shows it: its thumbnail (None when it has no file to show
     or cannot be read now), its split, label and path."""
-    ref, thumb, unreadable = refs.get(image["name"]), None, False
-    if ref is not None:
-        try:
-            thumb = data_uri(thumbnail_png(decode(ref.source, THUMB_PX), THUMB_PX))
-        except (UnreadableImage, OSError):
-            unreadable = True
+    thumb, unreadable = _thumb(image["name"], refs)
     return {"thumb": thumb, "unreadable": unreadable, "split": image["split"], "label": image["label"],
             "path": short(image["name"], root)}
+
+
+def _label_rows(labels: dict | None, refs: dict, root: str) -> list[dict]:
+    """The first LABEL_ROWS suspected label errors, each with typical images of its given class
+    and of the class suggested (the ones the out-of-fold model is surest of)."""
+    if not labels or "issues" not in labels:
+        return []
+
+    def typical(cls: str, but: str) -> list[dict]:
+        names = [n for n in labels["examples"].get(cls, []) if n != but][:2]
+        return [{"thumb": _thumb(n, refs)[0], "path": short(n, root)} for n in names]
+
+    rows = []
+    for issue in labels["issues"][:LABEL_ROWS]:
+        thumb, unreadable = _thumb(issue["path"], refs)
+        rows.append({"thumb": thumb, "unreadable": unreadable, "path": short(issue["path"], root),
+                     "given": issue["given"], "suggested": issue["suggested"],
+                     "self_confidence": issue["self_confidence"], "probability": issue["suggested_probability"],
+                     "given_examples": typical(issue["given"], issue["path"]),
+                     "suggested_examples": typical(issue["suggested"], issue["path"])})
+    return rows
 
 
 def _gallery(title: str, boxes: list[tuple[str, list[dict]]], refs: dict, root: str, total: int) -> dict:
@@ -132,7 +175,8 @@ def html_section(result: dict, refs: dict) -> str:
               ("near-duplicate pairs with different labels", sum(p["conflict"] for p in near)),
               ("unreadable files", len(result["unreadable"])), ("tiny images", len(result["tiny"])),
               ("huge images", len(result["huge"])), ("odd-aspect images", len(result["odd_aspect"])),
-              ("grayscale images", f"{result['grayscale']['images']} ({result['grayscale']['share']:.1%})")]
+              ("grayscale images", f"{result['grayscale']['images']} ({result['grayscale']['share']:.1%})"),
+              ("suspected label errors in train and val", _label_count(result.get("labels")))]
     flagged = sorted(near, key=lambda p: (not (p["cross_split"] or p["conflict"])))
     galleries = [
         _gallery("Leakage: identical files in different splits",
@@ -147,8 +191,11 @@ def html_section(result: dict, refs: dict) -> str:
     odd = [f"{kind.replace('_', ' ')}: {short(x['name'], root)}"
            + (f" ({x['width']}x{x['height']})" if "width" in x else f" ({x['reason']})")
            for kind in ("unreadable", "tiny", "huge", "odd_aspect") for x in result[kind]][:200]
+    labels = result.get("labels")
     return render("audit_section.html.j2", data=result["data"], images=result["images"],
                   findings=result["findings"], checks=checks, galleries=galleries, odd=odd,
+                  labels=labels if labels and "issues" in labels else None,
+                  label_rows=_label_rows(labels, refs, root),
                   class_head=["class"] + [f"{n} ({result['splits'][n]['from']})" for n in splits],
                   class_rows=[[c] + [result["splits"][n]["counts"].get(c, 0) for n in splits]
                               for c in result["classes"]],

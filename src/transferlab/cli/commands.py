@@ -346,11 +346,12 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
                                f"{first}): each one's error is in {result.path / 'comparison.csv'}")
 
 
-@command("audit", "duplicates, leakage across splits, label conflicts, class counts, odd images",
+@command("audit", "duplicates, leakage across splits, label conflicts, class counts, odd images, label errors",
          description="Audit a data set on the splits train would make: exact duplicates (file content), "
                      "near-duplicates (backbone features, confirmed by pixels), copies that cross "
                      "train/val/test, duplicates with different labels, class counts, unreadable, tiny, huge, "
-                     "odd-aspect and grayscale images. Prints a table and writes audit.json and audit.html.",
+                     "odd-aspect and grayscale images; with --labels, the train and val images whose label "
+                     "looks wrong. Prints a table and writes audit.json and audit.html (and label_issues.csv).",
          arguments=[
              arg("data", nargs="?", help="folder, .csv, CIFAR archive or 'digits', as for train "
                  "(default with --run: the run's data)"),
@@ -359,6 +360,9 @@ def compare(args: argparse.Namespace, progress: bool) -> None:
              arg("--near", action=argparse.BooleanOptionalAction, default=True,
                  help="look for near-duplicates (runs the backbone once per image, features cached; "
                       "--no-near for the quick checks only)"),
+             arg("--labels", action="store_true", help="also look for label errors in train and val: confident "
+                 "learning on out-of-fold probabilities of the backbone's cached features; writes "
+                 "label_issues.csv, which train --exclude and --relabel read back"),
              arg("--out", help="folder for audit.json and audit.html (default audits/DATA-NAME)"),
              arg("--run", help="audit this run's data and splits; also writes RUN/audit.json and an Audit "
                  "section in RUN/report.html"),
@@ -372,7 +376,7 @@ def audit(args: argparse.Namespace, progress: bool) -> None:
 
     result = run_audit(args.data, args.threshold, args.near, args.out, args.run, progress,
                        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-                       classes=args.classes)
+                       classes=args.classes, labels=args.labels)
     print(format_table(result), end="")
     print("written: " + ", ".join(result["written"]))
 

@@ -130,10 +130,10 @@ def _log_losses(x_train, y_train, folds, num_classes: int) -> tuple[np.ndarray, 
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, num_classes: int, c: float, seed: int = 0,
-                folds: int = 5) -> np.ndarray | None:
+                folds: int = 5, tolerance: float = 1e-6, max_iter: int = 1000) -> np.ndarray | None:
     """Each row's probabilities from logistic regression (at `c`) fitted on the other folds
     (stratified, seeded): what a model that never saw the row says of it. None when a class has
-    fewer than two rows."""
+    fewer than two rows. `tolerance` and `max_iter` bound each fit (L-BFGS)."""
     k = int(min(folds, np.bincount(y, minlength=num_classes).min()))
     if k < 2:
         return None
@@ -145,7 +145,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, num_classes: int, c: float, seed: 
         z = torch.from_numpy((part - mu) / sigma)
         basis = _row_space(z)
         w = _fit(_with_ones(z if basis is None else z @ basis), torch.from_numpy(y[fit_rows]).long(), num_classes, c,
-                 None, 1e-6, 1000)
+                 None, tolerance, max_iter)
         z_held = torch.from_numpy((x[held].astype(np.float64) - mu) / sigma)
         logits = _with_ones(z_held if basis is None else z_held @ basis) @ w.T
         proba[held] = torch.softmax(logits, 1).numpy()

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..classifier import ImageClassifier
 from ..common.run_files import claim_output
 from ..config import RunConfig
+from ..data.edits import apply_edits
 from ..data.sources import load_source
 from ..data.split import split_source
 from ..training.lr_find import LRFindResult
@@ -34,6 +35,7 @@ def lr_find(data: str | None = None, config: RunConfig | None = None, plot: str 
     clf = ImageClassifier(**config.model_options(), progress=progress)
     source = load_source(config.data, cifar_labels=config.cifar_labels, classes=config.class_list())
     splits = split_source(source, config.val_fraction, config.test_fraction, config.seed)
+    splits = apply_edits(splits, source.root, config.exclude, config.relabel)[0]  # what train would train on
     result = clf.lr_find(splits.train, start_lr=start_lr, end_lr=end_lr, steps=steps)
     if plot is not None:
         result.plot(plot)

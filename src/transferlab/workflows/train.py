@@ -24,6 +24,7 @@ from ..common.run_files import default_run_name, unique_dir, write_history
 from ..common.run_lock import RunLock
 from ..config import RunConfig
 from ..data.decode import UnreadableImage, decode
+from ..data.edits import Edits, apply_edits
 from ..data.sources import ImageSet, Source, load_source
 from ..data.split import Splits, split_source, stratified_folds
 from ..errors import Interrupted, TransferlabError
@@ -89,7 +90,7 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
         if checkpoint is not None and not kind.searches:  # auto says which candidates it keeps
             done = checkpoint.epochs_done
             log.info(f"resuming {resume} " + (f"after epoch {done}" if done else "from the start (no epoch had finished)"))
-        source, splits, audit_info = _splits(config)
+        source, splits, audit_info, edits = _splits(config)
         folds = _folds(config, splits)  # refused now, before anything slow, when a class is too small
         path = Path(resume) if resume is not None else _new_run_dir(config, source.images.name, world.main)
         if resume is None and path is not None:
@@ -118,7 +119,8 @@ def train(data: str | None = None, config: RunConfig | None = None, progress: bo
                 clf.fit_info_["lr_find"] = found
             if not world.main:
                 return Run(None, {}, clf)
-            metrics = _write_results(path, clf, config, splits, audit_info, started, cv)
+            checked = _label_check(clf, splits, config)
+            metrics = _write_results(path, clf, config, splits, audit_info, started, cv, edits, checked)
         except BaseException as err:
             if world.main:
                 _after_failure(path, resume is not None, err)
@@ -203,10 +205,27 @@ def _splits(config: RunConfig) -> tuple:
     if source.loose:
         log.warning(f"ignored {len(source.loose)} image(s) lying beside the class folders, e.g. "
                     f"{source.loose[0]}: move each into the folder of its class")
-    splits = run_splits(config, source)
+    splits, edits = edited_splits(config, source)
+    _report_edits(edits, config.data)
     splits, audit_info = pre_training_check(splits, config.data, config.dedupe)  # leakage, --dedupe
     log.info(f"{config.data}: {len(source.images.classes)} classes; {splits.summary()}")
-    return source, splits, audit_info
+    return source, splits, audit_info, edits
+
+
+def edited_splits(config: RunConfig, source: Source) -> tuple[Splits, Edits]:
+    """run_splits, then --exclude and --relabel applied to train and val (data/edits.py): cut
+    first, so every image the files do not name stays where it would be without them."""
+    return apply_edits(run_splits(config, source), source.root, config.exclude, config.relabel)
+
+
+def _report_edits(edits: Edits, data: str) -> None:
+    for option, paths in edits.not_in_data.items():
+        log.warning(f"{option} '{edits.files[option.lstrip('-')]}': {len(paths)} listed path(s) are not images "
+                    f"of {data}, e.g. '{paths[0]}': ignored")
+    if edits.files:
+        kept = f" ({edits.in_test} listed image(s) of test left as they are)" if edits.in_test else ""
+        log.info(f"label edits: {edits.excluded} image(s) left out of train and val, {edits.relabelled} "
+                 f"relabelled; test is never changed{kept}")
 
 
 def run_splits(config: RunConfig, source: Source) -> Splits:
@@ -232,7 +251,7 @@ def run_splits(config: RunConfig, source: Source) -> Splits:
 def check_data(config: RunConfig, source: Source) -> None:
     """What a run of `config` would refuse about `source` once started (its splits, --folds),
     checked up front: `compare` checks every config before its first run."""
-    _folds(config, run_splits(config, source))
+    _folds(config, edited_splits(config, source)[0])
 
 
 def _new_run_dir(config: RunConfig, data_name: str, main: bool) -> Path | None:
@@ -257,11 +276,27 @@ def _after_failure(path: Path, resumed: bool, err: BaseException) -> None:
         log.warning(f"run interrupted; {hint}")
 
 
+def _label_check(clf: ImageClassifier, splits: Splits, config: RunConfig) -> dict | None:
+    """workflows/label_check.py's warning; a finished fit is never lost to it: a failure is one line."""
+    from .label_check import label_warning
+
+    try:
+        return label_warning(clf, splits, config)
+    except Exception as err:  # noqa: BLE001 - the check is advice; the run it follows is done
+        log.info(f"label check skipped: {type(err).__name__}: {err}")
+        return None
+
+
 def _write_results(path: Path, clf: ImageClassifier, config: RunConfig, splits: Splits, audit_info: dict,
-                   started: float, cv: dict | None = None) -> dict:
+                   started: float, cv: dict | None = None, edits: Edits | None = None,
+                   label_check: dict | None = None) -> dict:
     metrics, held_out = score_splits(clf, splits, config.tta)
     metrics.update(trust_metrics(clf, held_out, splits.score_split))
     metrics["audit"] = audit_info
+    if edits is not None and edits.files:
+        metrics["label_edits"] = edits.to_dict()
+    if label_check is not None:
+        metrics["label_check"] = label_check
     if cv is not None:
         metrics["folds"] = cv
     clf.write_model_files(path)
