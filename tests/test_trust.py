@@ -186,3 +186,12 @@ def test_held_out_distances_are_each_images_distance_to_its_nearest_other_image(
     got = _leave_one_out(e, np.arange(120))
     assert np.abs(got - brute).max() < 1e-5 and got[3] == pytest.approx(0, abs=1e-6)
     assert np.abs(_leave_one_out(e, np.array([5, 60])) - got[[5, 60]]).max() < 1e-6
+
+
+def test_a_confident_mistake_in_a_tiny_calibration_set_cannot_flatten_the_probabilities_to_ties():
+    logits = np.array([[5.0, -5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, 5.0], [5.0, -5.0], [6.0, -6.0]])
+    labels = np.array([0, 1, 0, 1, 0, 1])  # the last one confidently wrong
+    fitted = fit_calibration(logits, labels)
+    assert fitted["temperature"] <= 20.0 + 1e-6
+    calibrated = apply(logits, fitted).astype(np.float32)
+    assert (calibrated.argmax(1) == logits.argmax(1)).all() and (calibrated.max(1) > 0.5).all()

@@ -19,6 +19,10 @@ FOLDS = 5
 # Below this many images per class, the class biases are not even tried: their cross-validated
 # loss would rest on a handful of images per parameter.
 BIAS_MIN_PER_CLASS = 10
+# Temperatures stay within e^-3 to e^3 (0.05 to 20): six val images with one confident mistake
+# flattened a candidate's probabilities to 0.5000 and 0.5000, where float32 ties could pick a class
+# the logits did not rank first.
+LOG_SCALE_LIMIT = 3.0
 
 
 def fit_calibration(log_proba: np.ndarray, labels: np.ndarray, seed: int = 0, fitted_on: str = "val") -> dict:
@@ -115,12 +119,13 @@ def _fit(z: np.ndarray, y: np.ndarray, biases: bool) -> tuple[list[float], list[
 
     def closure():
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(zt * log_scale.exp() + bias, yt)
+        loss = torch.nn.functional.cross_entropy(zt * log_scale.clamp(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT).exp() + bias,
+                                                 yt)
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    scale = log_scale.detach().exp()
+    scale = log_scale.detach().clamp(-LOG_SCALE_LIMIT, LOG_SCALE_LIMIT).exp()
     if not torch.isfinite(scale).all():  # a degenerate set (one class, all right): leave it as it was
         return [1.0], [0.0] * k
     return scale.tolist(), bias.detach().tolist() if biases else [0.0] * k
