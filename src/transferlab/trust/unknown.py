@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from ..common.atomic import replacing, write_json
@@ -193,7 +193,8 @@ def load_detector(directory: str | Path) -> UnknownDetector | None:
         d = json.loads(described.read_text(encoding="utf-8"))
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')}")
-        tensors = load_file(str(bank_file))
+        # Read whole, not memory-mapped: a mapped file stays busy (a run folder could not be unmounted).
+        tensors = load(bank_file.read_bytes())
         bank, held = tensors["bank"].numpy(), tensors["held_out"].numpy()
         if bank.ndim != 2 or len(bank) != d["bank_size"] or not np.isfinite(bank).all():
             raise ValueError("the neighbours do not match their description")
