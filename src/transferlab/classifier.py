@@ -263,18 +263,16 @@ class ImageClassifier(ClassifierMixin, BaseEstimator, FitOptions):
             self.fit_info_ = fit_logistic(head, x_train, y_train, x_val, y_val, len(train.classes), cfg.seed,
                                          cfg.logistic_c)
             self.fit_info_.update(classifier_seconds=round(time.perf_counter() - fitting, 3), **frozen)
-            held = (self._head_log_proba(x_val), y_val, "val") if x_val is not None else None
+            if x_val is not None:
+                # Val alone: out-of-fold models, fitted on four fifths of train, are less sure than
+                # the model fitted on all of it, and adding theirs made the digits demo's test ECE
+                # 0.10 against 0.04 with val's alone (cifar10-small 0.043 against 0.032).
+                return self._head_log_proba(x_val), y_val, "val"
             if not out_of_fold_ok:
-                return held
-            # Each training image's probabilities from the folds without it, at the chosen C: a few
-            # seconds of fits on cached features, and many more images to calibrate on than val's.
+                return None
+            # No val: each training image's probabilities from the folds without it, at the chosen C.
             oof = out_of_fold(x_train, y_train, len(train.classes), self.fit_info_["C"], cfg.seed)
-            if oof is None:
-                return held
-            oof = (np.log(np.clip(oof, 1e-300, None)), y_train, "out-of-fold over train")
-            if held is None:
-                return oof
-            return np.concatenate([held[0], oof[0]]), np.concatenate([held[1], oof[1]]), "val + out-of-fold over train"
+            return None if oof is None else (np.log(np.clip(oof, 1e-300, None)), y_train, "out-of-fold over train")
         if x_val is None and sweep is None:
             held = hold_back_mask(y_train, cfg.seed)
             x_train, y_train, x_val, y_val = x_train[~held], y_train[~held], x_train[held], y_train[held]
